@@ -1,0 +1,3 @@
+from autoscale.cli import main
+
+raise SystemExit(main())

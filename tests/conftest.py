@@ -1,0 +1,31 @@
+"""Shared test fixtures: the location of ../shared/data and a skip marker for it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AUTOSCALE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+requires_shared = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(),
+    reason=f"real data not found at {SHARED_DATA} (it sits beside the project in CI; set AUTOSCALE_SHARED_DATA)",
+)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
