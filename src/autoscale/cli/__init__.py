@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except AutoScaleError as exc:
         print(f"autoscale: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `autoscale ... --json | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("autoscale: interrupted", file=sys.stderr)
         return 130

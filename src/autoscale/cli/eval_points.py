@@ -1,8 +1,78 @@
-"""CLI command module (to be filled in): see autoscale.cli for the registration protocol."""
+"""``autoscale eval-points``: score point predictions against localization ground truth.
+
+Both files use the NWPU-Crowd localization formats (:mod:`autoscale.metrics.nwpu`):
+GT ``id num x y sigma_s sigma_l level ...``, predictions ``id num x y ...``. Counting metrics use
+the per-image point counts (the ``num`` fields), as the official scorer does.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import math
+
+from autoscale.metrics.nwpu import read_loc_gt, read_loc_pred, score_loc
+
+
+def _sigma(value: str) -> str | float:
+    if value in ("small", "large"):
+        return value
+    try:
+        s = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'small', 'large' or a number of pixels, got {value!r}") from None
+    if not math.isfinite(s) or s < 0:
+        raise argparse.ArgumentTypeError(f"sigma must be a finite number >= 0, got {value!r}")
+    return s
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this command's parser to subparsers (not implemented yet)."""
+    """Add the ``eval-points`` command."""
+    p = subparsers.add_parser(
+        "eval-points",
+        help="localization P/R/F1 and counting MAE/RMSE/NAE from NWPU-format point files",
+        description="Score point predictions against localization ground truth (NWPU-Crowd "
+                    "file formats): micro precision/recall/F1 within each GT point's threshold, "
+                    "plus MAE/RMSE/NAE from the per-image point counts.",
+    )
+    p.add_argument("--gt", required=True, help="GT file: 'id num x y sigma_s sigma_l level ...' lines")
+    p.add_argument("--pred", required=True, help="prediction file: 'id num x y ...' lines")
+    p.add_argument("--sigma", type=_sigma, default="large",
+                   help="match threshold: 'small' (each GT point's sigma_s), 'large' (sigma_l, the "
+                        "NWPU leaderboard number; default) or a fixed number of pixels")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run)
+
+
+def _clean(v):
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+def evaluate(gt_path: str, pred_path: str, sigma: str | float) -> dict:
+    """The flat result dict the command prints (NaN as None)."""
+    gt = read_loc_gt(gt_path)
+    pred = read_loc_pred(pred_path)
+    res = score_loc(gt, pred, [sigma], pred_path=pred_path)
+    loc = next(iter(res["loc"].values()))
+    cnt = res["counting"]
+    out = {"sigma": sigma, "n_images": cnt["n"]}
+    out |= {k: loc[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn")}
+    out |= {k: cnt[k] for k in ("mae", "rmse", "mse", "nae")}
+    out |= {"per_level_recall": loc["per_level_recall"], "mean_level_recall": loc["mean_level_recall"]}
+    return {k: _clean(v) for k, v in out.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    out = evaluate(args.gt, args.pred, args.sigma)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"images {out['n_images']}  sigma {out['sigma']}")
+    print(f"precision {out['precision']:.5f}  recall {out['recall']:.5f}  f1 {out['f1']:.5f}  "
+          f"(tp {out['tp']}, fp {out['fp']}, fn {out['fn']})")
+    nae = "n/a" if out["nae"] is None else f"{out['nae']:.4f}"
+    print(f"mae {out['mae']:.2f}  rmse {out['rmse']:.2f}  nae {nae}")
+    return 0

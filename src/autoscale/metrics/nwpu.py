@@ -1,0 +1,281 @@
+"""Readers and writers for the NWPU-Crowd evaluation file formats.
+
+All three formats hold one image per line, tokens separated by whitespace, blank lines ignored:
+
+* **Localization ground truth** (``val_gt_loc.txt``; also the FIDTM ShanghaiTech ``A_gt.txt``):
+  ``id num x y sigma_s sigma_l level  x y sigma_s sigma_l level ...`` (``2 + 5*num`` tokens).
+* **Localization prediction**: ``id num x y x y ...`` (``2 + 2*num`` tokens). The official scorer
+  casts every token with ``int()``, so :func:`write_loc_pred` writes integer coordinates
+  (``floor`` by default); :func:`read_loc_pred` accepts integers and floats.
+* **Counting submission**: ``id count`` (float counts accepted).
+
+Coordinates are ``(x, y)`` pixels of the original image (see docs/architecture.md); image ids are
+integers (as in the official files). Malformed input raises :class:`DataError` naming the file and
+the line number.
+"""
+from __future__ import annotations
+
+import math
+from os import PathLike
+from pathlib import Path
+from typing import Iterable, Literal, Mapping, NamedTuple
+
+import numpy as np
+
+from autoscale.errors import DataError
+
+PathLikeStr = str | PathLike[str]
+Rounding = Literal["floor", "round", "none"]
+
+__all__ = [
+    "LocGT",
+    "read_loc_gt",
+    "write_loc_gt",
+    "read_loc_pred",
+    "write_loc_pred",
+    "read_counts",
+    "write_counts",
+    "read_nwpu_meta",
+    "score_loc",
+]
+
+
+class LocGT(NamedTuple):
+    """Ground truth of one image: points ``(N, 2)`` float64 ``(x, y)``, per-point ``sigma_s``
+    and ``sigma_l`` thresholds ``(N,)`` float64 (pixels) and head-size ``level`` ``(N,)`` int64."""
+
+    points: np.ndarray
+    sigma_s: np.ndarray
+    sigma_l: np.ndarray
+    level: np.ndarray
+
+
+def _lines(path: PathLikeStr) -> Iterable[tuple[int, list[str]]]:
+    """Yield ``(line_number, tokens)`` for the non-blank lines of ``path`` (1-based numbers)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read: {exc}") from None
+    for no, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if tokens:
+            yield no, tokens
+
+
+def _int_token(path: PathLikeStr, no: int, token: str, what: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        pass
+    try:
+        value = float(token)
+    except ValueError:
+        raise DataError(path, f"line {no}: {what} {token!r} is not a number") from None
+    if not value.is_integer():
+        raise DataError(path, f"line {no}: {what} {token!r} is not an integer")
+    return int(value)
+
+
+def _float_tokens(path: PathLikeStr, no: int, tokens: list[str]) -> np.ndarray:
+    try:
+        values = np.array(tokens, dtype=np.float64)
+    except ValueError:
+        for t in tokens:
+            try:
+                float(t)
+            except ValueError:
+                raise DataError(path, f"line {no}: token {t!r} is not a number") from None
+        raise  # pragma: no cover - unreachable
+    if not np.all(np.isfinite(values)):
+        bad = tokens[int(np.flatnonzero(~np.isfinite(values))[0])]
+        raise DataError(path, f"line {no}: token {bad!r} is not a finite number")
+    return values
+
+
+def _header(path: PathLikeStr, no: int, tokens: list[str], seen: dict[int, int], per_point: int,
+            fmt: str) -> tuple[int, int]:
+    """Parse and check ``id num`` plus the token count; record the id in ``seen``."""
+    if len(tokens) < 2:
+        raise DataError(path, f"line {no}: expected '{fmt}', got {len(tokens)} token(s)")
+    img_id = _int_token(path, no, tokens[0], "image id")
+    num = _int_token(path, no, tokens[1], "point count")
+    if num < 0:
+        raise DataError(path, f"line {no}: negative point count {num}")
+    expected = 2 + per_point * num
+    if len(tokens) != expected:
+        raise DataError(path, f"line {no}: image {img_id} declares {num} points, so {expected} "
+                              f"tokens are expected ('{fmt}'), found {len(tokens)}")
+    if img_id in seen:
+        raise DataError(path, f"line {no}: duplicate image id {img_id} (first on line {seen[img_id]})")
+    seen[img_id] = no
+    return img_id, num
+
+
+def read_loc_gt(path: PathLikeStr) -> dict[int, LocGT]:
+    """Read a localization GT file ``id num x y sigma_s sigma_l level ...``.
+
+    Returns ``{id: LocGT(points (N,2), sigma_s (N,), sigma_l (N,), level (N,))}`` in file order.
+    Thresholds must be >= 0 and levels integers.
+    """
+    out: dict[int, LocGT] = {}
+    seen: dict[int, int] = {}
+    for no, tokens in _lines(path):
+        img_id, num = _header(path, no, tokens, seen, 5, "id num x y sigma_s sigma_l level ...")
+        vals = _float_tokens(path, no, tokens[2:]).reshape(num, 5)
+        if np.any(vals[:, 2:4] < 0):
+            raise DataError(path, f"line {no}: negative sigma for image {img_id}")
+        if np.any(vals[:, 4] != np.round(vals[:, 4])):
+            raise DataError(path, f"line {no}: non-integer level for image {img_id}")
+        out[img_id] = LocGT(vals[:, 0:2].copy(), vals[:, 2].copy(), vals[:, 3].copy(),
+                            vals[:, 4].astype(np.int64))
+    return out
+
+
+def write_loc_gt(path: PathLikeStr, gt: Mapping[int, LocGT]) -> None:
+    """Write ``gt`` in the GT format. Values that are integral are written without a decimal part
+    (the official files are all integers); others keep full precision."""
+    lines = []
+    for img_id, g in gt.items():
+        pts = np.asarray(g.points, dtype=np.float64).reshape(-1, 2)
+        rows = np.column_stack([pts, np.asarray(g.sigma_s, float), np.asarray(g.sigma_l, float),
+                                np.asarray(g.level, float)]) if len(pts) else np.zeros((0, 5))
+        lines.append(" ".join([str(int(img_id)), str(len(pts))] + [_fmt(v) for v in rows.ravel()]))
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def read_loc_pred(path: PathLikeStr) -> dict[int, np.ndarray]:
+    """Read a localization prediction file ``id num x y x y ...`` into ``{id: points (N, 2)}``
+    (float64 ``(x, y)``; integer and float tokens are both accepted)."""
+    out: dict[int, np.ndarray] = {}
+    seen: dict[int, int] = {}
+    for no, tokens in _lines(path):
+        img_id, num = _header(path, no, tokens, seen, 2, "id num x y x y ...")
+        out[img_id] = _float_tokens(path, no, tokens[2:]).reshape(num, 2)
+    return out
+
+
+def write_loc_pred(path: PathLikeStr, preds: Mapping[int, np.ndarray],
+                   rounding: Rounding = "floor") -> None:
+    """Write predictions ``{id: points (N, 2) (x, y)}`` as ``id num x y ...`` lines.
+
+    ``rounding``: ``"floor"`` (default; the pixel containing the point, which the official
+    int()-casting reader requires), ``"round"`` (nearest integer) or ``"none"`` (floats kept; not
+    accepted by the official scorer).
+    """
+    if rounding not in ("floor", "round", "none"):
+        raise ValueError(f"rounding must be 'floor', 'round' or 'none', got {rounding!r}")
+    lines = []
+    for img_id, pts in preds.items():
+        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
+        if not np.all(np.isfinite(pts)):
+            raise DataError(path, f"image {img_id}: non-finite predicted coordinate")
+        if rounding == "floor":
+            toks = [str(int(v)) for v in np.floor(pts).ravel()]
+        elif rounding == "round":
+            toks = [str(int(v)) for v in np.floor(pts + 0.5).ravel()]
+        else:
+            toks = [_fmt(v) for v in pts.ravel()]
+        lines.append(" ".join([str(int(img_id)), str(len(pts))] + toks))
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_counts(path: PathLikeStr) -> dict[int, float]:
+    """Read an NWPU counting submission (``id count`` per line) into ``{id: count}``."""
+    out: dict[int, float] = {}
+    seen: dict[int, int] = {}
+    for no, tokens in _lines(path):
+        if len(tokens) != 2:
+            raise DataError(path, f"line {no}: expected 'id count', got {len(tokens)} tokens")
+        img_id = _int_token(path, no, tokens[0], "image id")
+        if img_id in seen:
+            raise DataError(path, f"line {no}: duplicate image id {img_id} (first on line {seen[img_id]})")
+        seen[img_id] = no
+        count = float(_float_tokens(path, no, tokens[1:2])[0])
+        if count < 0:
+            raise DataError(path, f"line {no}: negative count {tokens[1]!r}")
+        out[img_id] = count
+    return out
+
+
+def write_counts(path: PathLikeStr, counts: Mapping[int, float], decimals: int = 4) -> None:
+    """Write ``{id: count}`` as ``id count`` lines (counts with ``decimals`` decimals)."""
+    lines = []
+    for img_id, c in counts.items():
+        c = float(c)
+        if not math.isfinite(c):
+            raise DataError(path, f"image {img_id}: non-finite count {c}")
+        lines.append(f"{int(img_id)} {c:.{decimals}f}")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_nwpu_meta(path: PathLikeStr) -> dict[int, tuple[int, int]]:
+    """Read NWPU scene metadata ``{id: (illumination, scene_level)}``.
+
+    Accepts the dataset list files ``train.txt`` / ``val.txt`` (``id illum level``) and the
+    leaderboard target file (``id illum level count``; the count column is ignored here).
+    Illumination is 0-3, scene level 0-4 (0 = negative/empty images).
+    """
+    out: dict[int, tuple[int, int]] = {}
+    seen: dict[int, int] = {}
+    for no, tokens in _lines(path):
+        if len(tokens) not in (3, 4):
+            raise DataError(path, f"line {no}: expected 'id illum level [count]', got {len(tokens)} tokens")
+        img_id = _int_token(path, no, tokens[0], "image id")
+        illum = _int_token(path, no, tokens[1], "illumination")
+        level = _int_token(path, no, tokens[2], "scene level")
+        if img_id in seen:
+            raise DataError(path, f"line {no}: duplicate image id {img_id} (first on line {seen[img_id]})")
+        if not 0 <= illum <= 3 or not 0 <= level <= 4:
+            raise DataError(path, f"line {no}: illumination {illum} / level {level} out of range (0-3 / 0-4)")
+        seen[img_id] = no
+        out[img_id] = (illum, level)
+    return out
+
+
+def score_loc(gt: Mapping[int, LocGT], pred: Mapping[int, np.ndarray],
+              sigmas: Iterable[str | float] = ("small", "large"),
+              pred_path: PathLikeStr | None = None) -> dict[str, object]:
+    """Score parsed localization files the way the official NWPU scorer does.
+
+    ``sigmas``: ``"small"`` (each GT point's ``sigma_s``), ``"large"`` (``sigma_l``) or a number
+    (that fixed threshold in pixels for every point). Returns ``{"counting": counting metrics
+    from the per-image point counts, "loc": {str(sigma): localization metrics + per-level
+    recall}}``. GT images absent from ``pred`` count as zero predictions; a prediction id absent
+    from the GT raises :class:`DataError` (naming ``pred_path``).
+    """
+    from autoscale.metrics.counting import counting_metrics
+    from autoscale.metrics.localization import (localization_metrics, match_points_multi,
+                                                per_level_recall)
+
+    extra = [i for i in pred if i not in gt]
+    if extra:
+        more = f" (and {len(extra) - 5} more)" if len(extra) > 5 else ""
+        raise DataError(pred_path, f"prediction image id(s) {extra[:5]}{more} not in the ground truth")
+    keys = [str(s) if isinstance(s, str) else repr(float(s)) for s in sigmas]
+    for s in sigmas:
+        if isinstance(s, str) and s not in ("small", "large"):
+            raise ValueError(f"sigma must be 'small', 'large' or a number, got {s!r}")
+    empty = np.zeros((0, 2), dtype=np.float64)
+    results: list[list] = [[] for _ in keys]
+    gt_counts, pred_counts, levels = [], [], []
+    for img_id, g in gt.items():
+        p = pred.get(img_id, empty)
+        ths = [g.sigma_s if s == "small" else g.sigma_l if s == "large" else float(s) for s in sigmas]
+        for k, r in enumerate(match_points_multi(p, g.points, ths)):
+            results[k].append(r)
+        gt_counts.append(len(g.points))
+        pred_counts.append(len(p))
+        levels.append(g.level)
+    loc = {}
+    for key, res in zip(keys, results):
+        lv = per_level_recall(res, levels)
+        loc[key] = localization_metrics(res) | {"per_level_recall": lv["recall"].tolist(),
+                                                "mean_level_recall": lv["mean"]}
+    return {"counting": counting_metrics(pred_counts, gt_counts), "loc": loc}

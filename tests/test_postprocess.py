@@ -1,0 +1,175 @@
+"""Map -> points post-processing vs brute-force references and hand-computed cases."""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+from autoscale.dense_region import Region
+from autoscale.postprocess import (
+    count_people,
+    density_peaks,
+    knn_boxes,
+    map_points_back,
+    regional_minima,
+)
+
+N4 = ((-1, 0), (1, 0), (0, -1), (0, 1))
+N8 = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
+
+
+def flood(mask_fn, H, W, nbrs):
+    """Reference components: BFS over pixels where two neighbours are joined iff mask_fn(a, b)."""
+    seen = np.zeros((H, W), bool)
+    comps = []
+    for r in range(H):
+        for c in range(W):
+            if seen[r, c] or not mask_fn((r, c), (r, c)):
+                continue
+            seen[r, c] = True
+            q, pix = deque([(r, c)]), []
+            while q:
+                y, x = q.popleft()
+                pix.append((y, x))
+                for dy, dx in nbrs:
+                    yy, xx = y + dy, x + dx
+                    if 0 <= yy < H and 0 <= xx < W and not seen[yy, xx] and mask_fn((y, x), (yy, xx)):
+                        seen[yy, xx] = True
+                        q.append((yy, xx))
+            comps.append(pix)
+    return comps
+
+
+def centre(pix):
+    p = np.asarray(pix, dtype=float)
+    return (p[:, 1].mean() + 0.5, p[:, 0].mean() + 0.5)
+
+
+def sort_pts(pts):
+    pts = np.asarray(pts, dtype=float).reshape(-1, 2)
+    return pts[np.lexsort((pts[:, 0], pts[:, 1]))]
+
+
+def ref_regional_minima(m):
+    H, W = m.shape
+    plateaus = flood(lambda a, b: m[a] == m[b], H, W, N4)
+    out, vals = [], []
+    for pix in plateaus:
+        inside = set(pix)
+        ok = True
+        for y, x in pix:
+            for dy, dx in N4:
+                yy, xx = y + dy, x + dx
+                if 0 <= yy < H and 0 <= xx < W and (yy, xx) not in inside and not m[yy, xx] > m[y, x]:
+                    ok = False
+        if ok:
+            out.append(centre(pix))
+            vals.append(m[pix[0]])
+    return sort_pts(out), vals
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_regional_minima_matches_bfs(seed):
+    rng = np.random.default_rng(seed)
+    H, W = rng.integers(1, 16, size=2)
+    m = rng.integers(0, rng.integers(1, 5), size=(H, W)).astype(np.uint8)
+    ref, vals = ref_regional_minima(m)
+    got = regional_minima(m)
+    np.testing.assert_allclose(got, ref)
+    n, pts = count_people(m, background=int(m.max()) + 1)  # nothing is background
+    assert n == len(ref) and np.allclose(pts, ref)
+
+
+def test_regional_minima_hand_cases():
+    assert regional_minima(np.full((4, 6), 10)).tolist() == [[3.0, 2.0]]  # one minimum, centre
+    assert regional_minima(np.array([[7]])).tolist() == [[0.5, 0.5]]
+    # plateau touching the border: left column of 0s
+    m = np.array([[0, 1, 1], [0, 1, 1], [0, 1, 0]])
+    assert regional_minima(m).tolist() == [[0.5, 1.5], [2.5, 2.5]]
+    # checkerboard: every 0 is its own 4-connected plateau (diagonal contact does not join)
+    cb = (np.indices((4, 4)).sum(0) % 2).astype(np.uint8)
+    pts = regional_minima(cb)
+    assert len(pts) == 8
+    assert {(int(x - 0.5), int(y - 0.5)) for x, y in pts} == {(c, r) for r in range(4) for c in range(4) if (r + c) % 2 == 0}
+    # a plateau with one lower neighbour is not a minimum
+    m = np.array([[2, 2, 2], [2, 1, 1], [2, 1, 0]])
+    assert regional_minima(m).tolist() == [[2.5, 2.5]]
+    # a non-convex plateau: the centroid, not a pixel of it
+    m = np.array([[0, 0, 0], [5, 5, 0], [5, 5, 0]])
+    np.testing.assert_allclose(regional_minima(m), [[(0 + 1 + 2 + 2 + 2) / 5 + 0.5, (0 + 0 + 0 + 1 + 2) / 5 + 0.5]])
+
+
+def test_count_people_background():
+    assert count_people(np.full((5, 5), 10))[0] == 0  # paper: no heads
+    assert count_people(np.full((5, 5), 10), exclude_background=False)[0] == 1  # official binary
+    assert count_people(np.full((5, 5), 3), background=3)[0] == 0
+    m = np.full((9, 9), 10, dtype=np.uint8)
+    m[1:4, 1:4] = 2
+    m[2, 2] = 0
+    m[6, 6] = 1
+    n, pts = count_people(torch.from_numpy(m))
+    assert n == 2 and pts.tolist() == [[2.5, 2.5], [6.5, 6.5]]
+
+
+def ref_peaks(d, kernel, thr):
+    H, W = d.shape
+    r = kernel // 2
+    is_peak = np.zeros_like(d, dtype=bool)
+    for y in range(H):
+        for x in range(W):
+            win = d[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
+            is_peak[y, x] = d[y, x] == win.max() and d[y, x] > thr
+    comps = flood(lambda a, b: is_peak[a] and is_peak[b], H, W, N8)
+    return sort_pts([centre(p) for p in comps])
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_density_peaks_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    H, W = rng.integers(1, 14, size=2)
+    d = rng.integers(0, 4, size=(H, W)).astype(np.float32) / 4  # many plateaus
+    kernel = int(rng.choice([1, 3, 5]))
+    got = density_peaks(d, kernel=kernel, threshold=0.1, rel_threshold=0.3)
+    ref = ref_peaks(d, kernel, max(0.1, 0.3 * d.max()))
+    np.testing.assert_allclose(got, ref)
+
+
+def test_density_peaks_gaussians():
+    yy, xx = np.mgrid[0:40, 0:50]
+    d = np.exp(-((xx - 10) ** 2 + (yy - 12) ** 2) / 8.0) + 0.5 * np.exp(-((xx - 35) ** 2 + (yy - 30) ** 2) / 8.0)
+    assert density_peaks(d).tolist() == [[10.5, 12.5], [35.5, 30.5]]
+    assert density_peaks(d, rel_threshold=0.6).tolist() == [[10.5, 12.5]]
+    assert density_peaks(np.zeros((5, 5))).shape == (0, 2)
+    with pytest.raises(ValueError):
+        density_peaks(d, kernel=2)
+
+
+def test_knn_boxes_hand_cases():
+    # 4 points on a line at x = 0, 10, 20, 40 (y = 50); image 1000 x 1000 -> cap 50
+    pts = np.array([[0, 50], [10, 50], [20, 50], [40, 50]], float)
+    b = knn_boxes(pts, (1000, 1000))
+    half = 0.1 * np.array([10 + 20 + 40, 10 + 10 + 30, 10 + 20 + 20, 20 + 30 + 40])
+    np.testing.assert_allclose(b, np.stack([pts[:, 0] - half, pts[:, 1] - half, pts[:, 0] + half, pts[:, 1] + half], 1))
+    # cap: 5% of the shorter side (H = 100 -> 5)
+    b = knn_boxes(pts, (100, 1000))
+    np.testing.assert_allclose(b[:, 2] - b[:, 0], 2 * np.minimum(half, 5.0))
+    # two points: only one neighbour exists
+    b = knn_boxes(np.array([[0, 0], [30, 40]], float), (1000, 2000))
+    np.testing.assert_allclose(b[0], [-5, -5, 5, 5])  # 0.1 * 50
+    # one point: the cap
+    np.testing.assert_allclose(knn_boxes(np.array([[10.0, 20.0]]), (200, 300)), [[0, 10, 20, 30]])
+    assert knn_boxes(np.zeros((0, 2)), (10, 10)).shape == (0, 4)
+    np.testing.assert_allclose(knn_boxes(np.array([[1.0, 2.0]]), (200, 300), clip=True), [[0, 0, 11, 12]])
+
+
+def test_map_points_back_inverts_zoom():
+    rng = np.random.default_rng(0)
+    reg = Region(x=13, y=7, w=40, h=25, area=100, area_ratio=0.5)
+    s = 1.7
+    Hz, Wz = max(1, round(25 * s)), max(1, round(40 * s))  # (42, 68)
+    orig = np.stack([rng.uniform(13, 53, 20), rng.uniform(7, 32, 20)], 1)
+    zoomed = np.stack([(orig[:, 0] - 13) * Wz / 40, (orig[:, 1] - 7) * Hz / 25], 1)
+    np.testing.assert_allclose(map_points_back(zoomed, reg, (Hz, Wz)), orig)
+    np.testing.assert_allclose(map_points_back([[0, 0], [68, 42]], (13, 7, 40, 25), (42, 68)), [[13, 7], [53, 32]])
