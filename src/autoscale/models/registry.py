@@ -1,0 +1,220 @@
+"""A torchvision-style model registry: ``get_model(name, **kwargs)``, builders, weights metadata.
+
+Registered names: ``fpn_regression``, ``fpn_localization`` (counting networks) and
+``l2s_regression``, ``l2s_localization`` (scale networks). Nothing is ever downloaded: a
+:class:`Weights` entry only points at a local file (``url`` is informational).
+
+Our checkpoint format (written by :mod:`autoscale.models.official` and meant for the engine too)::
+
+    {"format": "autoscale-checkpoint", "version": 1, "variant": "regression" | "localization",
+     "model": {"name": <registered FPN name>, "kwargs": {...}}, "state_dict": {...},
+     "l2s_state_dict": {...} | None, "l2s": {"head", "bound", "pool"} | None, ...}
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoscale.errors import CheckpointError, ConfigError
+from autoscale.models.fpn import LocalizationFPN, RegressionFPN
+from autoscale.models.l2s import L2S
+from autoscale.models.vgg import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Weights",
+    "build_from_checkpoint",
+    "count_parameters",
+    "get_model",
+    "list_models",
+    "load_checkpoint",
+    "register_model",
+]
+
+CHECKPOINT_FORMAT = "autoscale-checkpoint"
+CHECKPOINT_VERSION = 1
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where trained weights live (a local file) and how inputs must be prepared."""
+
+    path: str | None = None
+    url: str | None = None  # informational only; never fetched
+    transforms: Callable[..., torch.Tensor] = normalize
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    meta: dict[str, Any] = field(default_factory=dict)  # dataset, metrics, num_params, ...
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a builder under ``name`` (a duplicate name is an error)."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``; unknown names raise :class:`ConfigError`."""
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return _MODELS[name](**kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_checkpoint(path: str | PathLike[str]) -> dict[str, Any]:
+    """Read one of our checkpoints (``torch.load(weights_only=True)``) and check its header."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    try:
+        ckpt = torch.load(p, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{p}: cannot read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p}: not an autoscale checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{p}: unsupported checkpoint version {ckpt.get('version')!r}")
+    for key in ("variant", "model", "state_dict"):
+        if key not in ckpt:
+            raise CheckpointError(f"{p}: checkpoint lacks {key!r}")
+    return ckpt
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    from autoscale.models.vgg import check_state_dict
+
+    check_state_dict(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, source)
+    model.load_state_dict(state, strict=True)
+
+
+def _apply_weights(model: nn.Module, weights: Weights | str | PathLike[str] | None, part: str, variant: str) -> None:
+    if weights is None:
+        return
+    path = weights.path if isinstance(weights, Weights) else weights
+    if path is None:
+        raise CheckpointError("weights entry has no local path (nothing is downloaded)")
+    ckpt = load_checkpoint(path)
+    if ckpt["variant"] != variant:
+        raise CheckpointError(f"{path}: a {ckpt['variant']} checkpoint, but a {variant} model was requested")
+    state = ckpt["state_dict"] if part == "fpn" else ckpt.get("l2s_state_dict")
+    if state is None:
+        raise CheckpointError(f"{path}: checkpoint holds no L2S weights")
+    _load_strict(model, state, f"{path} ({part})")
+
+
+def _fpn(cls: type, variant: str, *, backbone: str, width: float, weights, imagenet, official_init, **kw) -> nn.Module:
+    model = cls(backbone=backbone, width=width, **kw)
+    if imagenet is not None:
+        model.load_imagenet(imagenet, official_init=official_init)
+    _apply_weights(model, weights, "fpn", variant)
+    return model
+
+
+@register_model("fpn_regression")
+def fpn_regression(
+    *,
+    backbone: str = "vgg16",
+    width: float = 1.0,
+    weights: Weights | str | PathLike[str] | None = None,
+    imagenet: str | PathLike[str] | None = None,
+    official_init: bool = False,
+) -> RegressionFPN:
+    """Density-regression FPN. ``imagenet``: local torchvision VGG file to initialise the backbone
+    (paper: all 13 convs; ``official_init``: conv1-4 only); ``weights``: one of our checkpoints."""
+    return _fpn(RegressionFPN, "regression", backbone=backbone, width=width, weights=weights,
+                imagenet=imagenet, official_init=official_init)
+
+
+@register_model("fpn_localization")
+def fpn_localization(
+    *,
+    backbone: str = "vgg16",
+    width: float = 1.0,
+    num_classes: int = 11,
+    weights: Weights | str | PathLike[str] | None = None,
+    imagenet: str | PathLike[str] | None = None,
+    official_init: bool = False,
+) -> LocalizationFPN:
+    """Distance-label FPN (``num_classes`` logits). ``official_init`` loads no ImageNet weights."""
+    return _fpn(LocalizationFPN, "localization", backbone=backbone, width=width, weights=weights,
+                imagenet=imagenet, official_init=official_init, num_classes=num_classes)
+
+
+def _l2s(variant: str, default_pool: str, *, in_channels: int, head: str, bound: str, pool: str | None,
+         weights, official: bool) -> L2S:
+    if official:
+        head = "official_regression" if variant == "regression" else "paper"
+        bound = "official"
+    model = L2S(in_channels, head=head, bound=bound, pool=pool or default_pool)
+    _apply_weights(model, weights, "l2s", variant)
+    return model
+
+
+@register_model("l2s_regression")
+def l2s_regression(
+    *,
+    in_channels: int = 152,
+    head: str = "paper",
+    bound: str = "paper",
+    pool: str | None = None,
+    official: bool = False,
+    weights: Weights | str | PathLike[str] | None = None,
+) -> L2S:
+    """L2S for regression: paper head/bound by default, avg-pool (as the authors' regression net).
+    ``official=True``: single-Linear + abs head, ``sqrt(clamp(|raw|, 0.5, 9))``."""
+    return _l2s("regression", "avg", in_channels=in_channels, head=head, bound=bound, pool=pool,
+                weights=weights, official=official)
+
+
+@register_model("l2s_localization")
+def l2s_localization(
+    *,
+    in_channels: int = 152,
+    head: str = "paper",
+    bound: str = "paper",
+    pool: str | None = None,
+    official: bool = False,
+    weights: Weights | str | PathLike[str] | None = None,
+) -> L2S:
+    """L2S for localization: 3 conv + 2 FC, max-pool. ``official=True``: ``sqrt(clamp(raw, 0.5, 5))``."""
+    return _l2s("localization", "max", in_channels=in_channels, head=head, bound=bound, pool=pool,
+                weights=weights, official=official)
+
+
+def build_from_checkpoint(ckpt: dict[str, Any] | str | PathLike[str]) -> tuple[nn.Module, L2S | None]:
+    """Rebuild ``(fpn, l2s)`` from one of our checkpoints (dict or path), loading strictly."""
+    source = "checkpoint"
+    if not isinstance(ckpt, dict):
+        source = str(ckpt)
+        ckpt = load_checkpoint(ckpt)
+    name, kwargs = ckpt["model"]["name"], dict(ckpt["model"].get("kwargs", {}))
+    fpn = get_model(name, **kwargs)
+    _load_strict(fpn, ckpt["state_dict"], f"{source} (fpn)")
+    l2s = None
+    if ckpt.get("l2s_state_dict") is not None:
+        cfg = ckpt.get("l2s") or {}
+        l2s = L2S(getattr(fpn, "feature_channels", 152), head=cfg.get("head", "paper"),
+                  bound=cfg.get("bound", "paper"), pool=cfg.get("pool", "max"))
+        _load_strict(l2s, ckpt["l2s_state_dict"], f"{source} (l2s)")
+    return fpn, l2s
+

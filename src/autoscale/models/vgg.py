@@ -1,0 +1,198 @@
+"""VGG16 / VGG19 defined here with torchvision's parameter names, and local ImageNet weights.
+
+The modules reproduce torchvision's layout exactly (``features.N.weight`` with the same ``N``,
+``classifier.0/3/6``), so torchvision's ``vgg16-397923af.pth`` / ``vgg19-dcbe5e0e.pth`` load
+key-for-key. Nothing is ever downloaded: :func:`load_imagenet_vgg` reads a file the user gives.
+
+A ``width`` multiplier scales every channel count (``max(1, round(c * width))``) to build
+narrow networks for tests; only ``width=1`` matches the ImageNet weights.
+"""
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoscale.errors import CheckpointError
+
+__all__ = [
+    "CFGS",
+    "IMAGENET_FILES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "VGG",
+    "check_state_dict",
+    "conv_indices",
+    "load_imagenet_vgg",
+    "make_layers",
+    "normalize",
+    "pool_indices",
+    "scaled",
+    "vgg16",
+    "vgg19",
+]
+
+#: torchvision's VGG configurations ("M" = 2x2 max-pool, stride 2).
+CFGS: dict[str, list[int | str]] = {
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+#: file names torchvision uses for the ImageNet weights (for messages only; never downloaded).
+IMAGENET_FILES = {"vgg16": "vgg16-397923af.pth", "vgg19": "vgg19-dcbe5e0e.pth"}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def scaled(channels: int, width: float) -> int:
+    """``channels * width`` rounded, at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+def _check_arch(arch: str) -> list[int | str]:
+    if arch not in CFGS:
+        raise ValueError(f"unknown VGG architecture {arch!r}; choose from {sorted(CFGS)}")
+    return CFGS[arch]
+
+
+def make_layers(cfg: list[int | str], width: float = 1.0) -> list[nn.Module]:
+    """torchvision's ``make_layers`` (no batch norm): conv3x3(p1)+ReLU per int, MaxPool(2,2) per 'M'."""
+    layers: list[nn.Module] = []
+    in_ch = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            out = scaled(int(v), width)
+            layers += [nn.Conv2d(in_ch, out, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            in_ch = out
+    return layers
+
+
+def conv_indices(arch: str) -> list[int]:
+    """Indices ``N`` of the convolutions in ``features`` (VGG16: 0, 2, 5, ..., 28)."""
+    return [i for i, m in enumerate(make_layers_meta(arch)) if m == "C"]
+
+
+def pool_indices(arch: str) -> list[int]:
+    """Indices of the five max-pools in ``features`` (VGG16: 4, 9, 16, 23, 30)."""
+    return [i for i, m in enumerate(make_layers_meta(arch)) if m == "M"]
+
+
+def make_layers_meta(arch: str) -> list[str]:
+    """The layer kinds of ``features`` without building modules: 'C' conv, 'R' ReLU, 'M' pool."""
+    kinds: list[str] = []
+    for v in _check_arch(arch):
+        kinds += ["M"] if v == "M" else ["C", "R"]
+    return kinds
+
+
+class VGG(nn.Module):
+    """torchvision-layout VGG (``features``, ``avgpool``, ``classifier``)."""
+
+    def __init__(self, arch: str = "vgg16", *, width: float = 1.0, num_classes: int = 1000):
+        super().__init__()
+        self.arch = arch
+        self.features = nn.Sequential(*make_layers(_check_arch(arch), width))
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        c5, hidden = scaled(512, width), scaled(4096, width)
+        self.classifier = nn.Sequential(
+            nn.Linear(c5 * 7 * 7, hidden), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def vgg16(*, width: float = 1.0, num_classes: int = 1000) -> VGG:
+    return VGG("vgg16", width=width, num_classes=num_classes)
+
+
+def vgg19(*, width: float = 1.0, num_classes: int = 1000) -> VGG:
+    return VGG("vgg19", width=width, num_classes=num_classes)
+
+
+def expected_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of torchvision's full-width ImageNet VGG state_dict (built on the meta device)."""
+    with torch.device("meta"):
+        model = VGG(arch)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_state_dict(
+    state: dict[str, torch.Tensor],
+    expected: dict[str, tuple[int, ...]],
+    source: str,
+) -> None:
+    """Raise :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shaped = sorted(
+        f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
+        for k in set(state) & set(expected)
+        if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != tuple(expected[k])
+    )
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shaped:
+        problems.append(f"mis-shaped keys {shaped}")
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+
+
+def load_imagenet_vgg(path: str | PathLike[str], arch: str = "vgg16") -> dict[str, torch.Tensor]:
+    """Load torchvision's ImageNet VGG weights from a LOCAL file and check them strictly.
+
+    ``path`` is e.g. ``vgg16-397923af.pth``. Loaded with ``torch.load(weights_only=True,
+    map_location="cpu")``. Every key of torchvision's layout must be present with its shape and
+    no other key may appear; otherwise :class:`CheckpointError` lists all offenders.
+    """
+    _check_arch(arch)
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(
+            f"{p}: ImageNet weights file not found; ImageNet weights must be supplied locally "
+            f"(torchvision's {IMAGENET_FILES[arch]}); nothing is downloaded"
+        )
+    try:
+        state = torch.load(p, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt file
+        raise CheckpointError(f"{p}: cannot read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{p}: expected a state_dict (dict), got {type(state).__name__}")
+    check_state_dict(state, expected_shapes(arch), f"{p} ({arch} ImageNet weights)")
+    return state
+
+
+def normalize(img: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalise an RGB image into a float32 ``(B, 3, H, W)`` tensor.
+
+    Accepts a ``uint8 (H, W, 3)`` numpy array (0..255), a float ``(H, W, 3)`` numpy array in
+    [0, 1], or a tensor ``(3, H, W)`` / ``(B, 3, H, W)`` that is uint8 (0..255) or float in [0, 1].
+    """
+    if isinstance(img, np.ndarray):
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB array, got shape {img.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    elif isinstance(img, torch.Tensor):
+        t = img
+    else:
+        raise TypeError(f"expected numpy array or tensor, got {type(img).__name__}")
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.ndim != 4 or t.shape[1] != 3:
+        raise ValueError(f"expected (3, H, W) or (B, 3, H, W), got {tuple(t.shape)}")
+    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+    mean = torch.tensor(IMAGENET_MEAN, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
+    return (t - mean) / std
