@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
         return 2
     job, rest = argv[0], argv[1:]
     if job == "test":
-        py = setup("dev,viz")
+        py = setup("dev,viz,onnx")
         return subprocess.run([str(py), "-m", "pytest", "-q", *rest], cwd=ROOT).returncode
     py = setup("viz")
     if job == "setup":

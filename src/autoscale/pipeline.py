@@ -54,7 +54,7 @@ class PipelineConfig:
         exclude_background: localization counting ignores plateaus of the background class.
         loss: localization loss, ``dce`` (Eq. 7), ``ce``, ``focal`` or ``ordinal`` (Table 12).
         kernel: target regeneration for the zoomed region, ``fixed``/``multiplied``/``divided`` (Table 11).
-        sigma: density kernel sigma in pixels (dataset preset).
+        sigma: density kernel sigma in pixels (the trainer sets it from the dataset's sigma).
         edges: distance-label bin edges in pixels.
         center_weight: lambda in Eq. 6 / Eq. 8.
         min_region_people: a region with fewer annotated people gets no centre-loss term.
@@ -229,12 +229,17 @@ class LossBreakdown:
 
 
 def pixel_loss(variant: Variant, out, target: torch.Tensor, cfg: PipelineConfig, reduction: str = "mean") -> torch.Tensor:
-    """First/second-pass pixel loss: deep-supervised MSE (Eq. 5) or the chosen classification loss."""
-    if variant == "regression":
-        return deep_supervision_mse([*out.side, out.final], target, reduction=reduction)
-    logits = [*out.side, out.final]
-    fn = {"dce": dynamic_cross_entropy, "ce": cross_entropy, "focal": focal_loss, "ordinal": ordinal_regression_loss}[cfg.loss]
-    return sum(fn(lg, target, reduction=reduction) for lg in logits) / len(logits)
+    """First/second-pass pixel loss: deep-supervised MSE (Eq. 5) or the chosen classification loss.
+
+    Always computed in float32, also under bf16 autocast: pixel sums in bf16 lose the count.
+    """
+    maps = [m.float() for m in (*out.side, out.final)]
+    with torch.autocast(device_type=target.device.type, enabled=False):
+        if variant == "regression":
+            return deep_supervision_mse(maps, target.float(), reduction=reduction)
+        fn = {"dce": dynamic_cross_entropy, "ce": cross_entropy, "focal": focal_loss,
+              "ordinal": ordinal_regression_loss}[cfg.loss]
+        return sum(fn(lg, target, reduction=reduction) for lg in maps) / len(maps)
 
 
 def make_target(variant: Variant, points: np.ndarray, shape: tuple[int, int], cfg: PipelineConfig,

@@ -20,6 +20,10 @@ COMMAND_MODULES: list[tuple[str, str | None]] = [
     ("autoscale.cli.data_targets", "data"),
     ("autoscale.cli.eval_points", None),
     ("autoscale.cli.convert_official", None),
+    ("autoscale.cli.train", None),
+    ("autoscale.cli.predict", None),
+    ("autoscale.cli.evaluate", None),
+    ("autoscale.cli.export", None),
 ]
 
 GROUP_HELP = {"data": "dataset tools: statistics, synthetic crowds, ground-truth targets"}
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except AutoScaleError as exc:
-        print(f"autoscale: error: {exc}", file=sys.stderr)
+        print("autoscale: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `autoscale ... --json | head`
         sys.stderr.close()

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from autoscale.errors import DataError
 
-__all__ = ["read_image", "image_size"]
+__all__ = ["read_image", "image_size", "to_rgb_array"]
 
 _EXIF_ORIENTATION = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transposes / 90-degree rotations swap width and height
@@ -53,7 +53,7 @@ def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
     return ((rgb * alpha + 127) // 255).astype(np.uint8)
 
 
-def _to_rgb_array(img: Image.Image) -> np.ndarray:
+def to_rgb_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8)
@@ -103,7 +103,7 @@ def read_image(path: str | PathLike[str], *, exif: bool = False) -> np.ndarray:
             img.load()  # full decode: raises on truncated / corrupt data
             if exif:
                 img = ImageOps.exif_transpose(img)
-            arr = _to_rgb_array(img)
+            arr = to_rgb_array(img)
     except DataError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

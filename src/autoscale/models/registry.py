@@ -89,7 +89,8 @@ def load_checkpoint(path: str | PathLike[str]) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{p}: cannot read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{p}: cannot read as a torch checkpoint ({type(exc).__name__}: {first})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p}: not an autoscale checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
     if ckpt.get("version") != CHECKPOINT_VERSION:

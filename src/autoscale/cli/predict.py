@@ -1,0 +1,80 @@
+"""``autoscale predict``: count people in images, folders of images and videos.
+
+Writes ``DIR/counts.csv``, ``DIR/counts.json``, ``DIR/maps/<name>.npy``, ``DIR/points/<name>.csv``,
+``DIR/overlays/<name>.png`` and, with ``--nwpu``, the NWPU submission files (layout and coordinate
+conventions: :mod:`autoscale.predict`). Exit code 0 when every input was counted, 1 when some
+inputs of a folder could not be read (they are listed on stderr and in counts.json "errors"),
+2 for bad input (missing INPUT, corrupt checkpoint, unwritable output directory).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _positive_int(v: str) -> int:
+    try:
+        i = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if i < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return i
+
+
+def _positive_float(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}") from None
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}")
+    return f
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``predict`` command."""
+    p = subparsers.add_parser(
+        "predict",
+        help="count people in an image, a folder of images or a video",
+        description="Run a trained AutoScale checkpoint on an image file, a folder of images (natural "
+                    "order) or a video, and write counts, maps, points and overlays to --out.",
+    )
+    p.add_argument("input", metavar="INPUT", help="image file, folder of images, or video file")
+    p.add_argument("--checkpoint", required=True, help="autoscale checkpoint (.pt)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--variant", choices=("regression", "localization"), default=None,
+                   help="require the checkpoint to be of this variant")
+    p.add_argument("--single-pass", action="store_true", help="first pass only (FPN baseline, no L2S refinement)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1 ...")
+    p.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
+    p.add_argument("--max-side", type=_positive_int, default=2048,
+                   help="downscale images whose longer side exceeds this (pixels; default 2048); "
+                        "outputs are mapped back to the input resolution")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--every", type=_positive_int, default=None, metavar="N", help="videos: every N-th frame")
+    rate.add_argument("--fps", type=_positive_float, default=None, metavar="F", help="videos: F frames per second")
+    p.add_argument("--nwpu", action="store_true", help="also write nwpu_counts.txt / nwpu_loc.txt (numeric image ids)")
+    p.add_argument("--no-overlays", action="store_true", help="do not draw overlays")
+    p.add_argument("--points", choices=("auto", "peaks", "none"), default="auto",
+                   help="points: 'auto' (localization minima), 'peaks' (also density peaks for regression), 'none'")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autoscale.errors import DataError
+    from autoscale.predict import Predictor, predict_paths
+
+    if not Path(args.input).exists():
+        raise DataError(args.input, "input not found")
+    predictor = Predictor.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
+                                          single_pass=args.single_pass, bf16=args.bf16, max_side=args.max_side,
+                                          points=args.points)
+    summary = predict_paths(predictor, args.input, args.out, every_n_frames=args.every, fps=args.fps,
+                            nwpu=args.nwpu, overlays=not args.no_overlays)
+    n, errs = summary["num_images"], len(summary["errors"])
+    print(f"{n} image(s), total count {summary['total_count']:.2f} -> {args.out}/counts.csv"
+          + (f"; {errs} problem(s) reported in counts.json" if errs else ""), file=sys.stderr)
+    return 1 if errs else 0

@@ -1,0 +1,116 @@
+"""Multi-process training (one process per GPU, or CPU processes) launched by ``torchrun``.
+
+Launch: ``torchrun --nproc_per_node N -m autoscale train --config ...`` (multi-node: add
+``--nnodes``, ``--node_rank``, ``--rdzv_endpoint``). ``torchrun`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``); :func:`init_distributed` then joins the
+process group (``nccl`` on CUDA, ``gloo`` on CPU) and pins ``cuda:LOCAL_RANK``.
+
+How the trainer uses it:
+
+* the counter is wrapped in ``DistributedDataParallel`` with ``find_unused_parameters=False``:
+  every step runs its first pass, so all of its parameters get gradients (the second pass on the
+  zoomed region re-uses the same parameters in the same graph; DDP's hooks fire once per
+  parameter after the whole backward);
+* the L2S network (and the learned centre in ``official`` mode) is *not* DDP-wrapped: it is
+  unused on images with no dense region, which would make DDP without
+  ``find_unused_parameters`` hang and with it fail on the counter's repeated forward. Its
+  gradients are averaged by :func:`all_reduce_grads` (a missing gradient counts as zero), the
+  same mean DDP computes;
+* a ``DistributedSampler`` (``set_epoch`` every epoch) gives each rank ``batch_size`` images per
+  step, so the global batch is ``batch_size x world_size`` and the loss is the global mean;
+* rank 0 alone writes checkpoints, history and TensorBoard logs; validation is sharded and the
+  per-image counts are gathered (:func:`gather_objects`); the paper-mode centre accumulators are
+  summed over ranks before each Eq. 4 update.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_grads", "all_reduce_sum", "gather_objects",
+           "any_flag", "barrier"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place: ``rank`` of ``world_size`` (``local_rank`` on its node)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else a
+    single-process :class:`DistInfo`. On CUDA, ``device`` index is ignored: ``LOCAL_RANK`` picks it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_grads(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average gradients over ranks (a ``None`` gradient counts as zeros and is filled in)."""
+    if not info.enabled:
+        return
+    for p in params:
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(info.world_size)
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """In-place sum over ranks (no-op in a single process); returns ``t``."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_flag(flag: bool, device: torch.device, info: DistInfo) -> bool:
+    """True when ``flag`` is set on any rank (e.g. a stop request)."""
+    if not info.enabled:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()

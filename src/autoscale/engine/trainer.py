@@ -1,0 +1,463 @@
+"""The training engine: ``train(cfg) -> TrainResult``.
+
+Per step (``batch_size`` images per process): for ``method="autoscale"`` each image's joint loss
+(paper Eq. 6 / Eq. 8, :func:`autoscale.pipeline.joint_loss`: first pass + re-prediction of the
+zoomed dense region + lambda x centre loss); for ``method="fpn"`` (the baseline) the first-pass
+pixel loss only. The step loss is the mean over the batch's images; one backward, one Adam step.
+
+Optimiser: Adam with parameter groups ``counter`` (``optim.lr``, weight decay), ``l2s``
+(``optim.l2s_lr``) and, in ``official`` centre mode, ``center`` (``optim.center_lr``, no decay).
+In ``paper`` centre mode C is not in the optimiser: :meth:`CenterLoss.step_center` (Eq. 4) runs
+every ``optim.center_every`` steps, or at the end of each epoch when that is None (T = 1 epoch).
+
+Outputs in ``cfg.out``: ``last.pt`` (every epoch and on SIGINT/SIGTERM, written atomically),
+``best.pt`` (lowest validation MAE), ``history.json`` / ``history.csv`` (one row per epoch),
+``run.json`` (marks the folder as ours), TensorBoard scalars in ``tb/`` when available.
+
+Resuming (``train(cfg, resume=True)`` or a checkpoint path) restores weights, optimiser, centre,
+RNG states, epoch and position inside the epoch; with data order from
+``DistributedSampler(seed).set_epoch(epoch)`` and augmentation drawn from ``(seed, epoch, index)``
+the continued run computes the same losses as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from autoscale.engine import distributed as D
+from autoscale.engine.checkpoint import code_version, load_training_checkpoint, rng_state, save_atomic, set_rng_state
+from autoscale.engine.config import TrainConfig, config_to_dict
+from autoscale.engine.dataset import build_dataset, collate, resolve_sigma
+from autoscale.errors import AutoScaleError, CheckpointError, ConfigError
+from autoscale.losses import CenterLoss, num_output_channels
+from autoscale.metrics import counting_metrics
+from autoscale.models.registry import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, get_model
+from autoscale.pipeline import AutoScale, PipelineConfig, joint_loss, pixel_loss
+
+__all__ = ["TrainResult", "train", "build_model", "resolve_device", "model_checkpoint", "RUN_MARKER"]
+
+RUN_MARKER = "run.json"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced. ``step_losses``: the per-step (global mean) losses of this call;
+    ``interrupted``: stopped by SIGINT/SIGTERM (``last.pt`` holds the exact position)."""
+
+    out_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    interrupted: bool = False
+    epoch: int = 0
+    step: int = 0
+
+
+# ------------------------------------------------------------------------------------ helpers
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` / ``cuda`` / ``auto`` -> a torch device; ``cuda`` without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' is 'cuda' but no CUDA device is available (use device=cpu)")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"config key 'device' must be cpu, cuda or auto, got {name!r}")
+    return torch.device(name)
+
+
+def _pipeline_config(cfg: TrainConfig) -> PipelineConfig:
+    """The pipeline settings with variant and sigma taken from the model / data sections."""
+    p = PipelineConfig(**{k: getattr(cfg.pipeline, k) for k in cfg.pipeline.__dataclass_fields__})
+    p.variant = cfg.model.variant
+    p.sigma = resolve_sigma(cfg.data)
+    p.edges = tuple(p.edges)
+    return p
+
+
+def _model_spec(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
+    m = cfg.model
+    kwargs: dict[str, Any] = {"backbone": m.backbone, "width": float(m.width)}
+    if m.variant == "localization":
+        kwargs["num_classes"] = num_output_channels(cfg.pipeline.loss, len(cfg.pipeline.edges))
+    return f"fpn_{m.variant}", kwargs
+
+
+def build_model(cfg: TrainConfig) -> AutoScale:
+    """The counter (+ L2S for ``method="autoscale"``) wired as :class:`AutoScale`, initialised
+    from ``cfg.seed`` (and ``model.imagenet`` weights when given)."""
+    torch.manual_seed(cfg.seed)
+    name, kwargs = _model_spec(cfg)
+    counter = get_model(name, **kwargs, imagenet=cfg.model.imagenet, official_init=cfg.model.official_init)
+    l2s = None
+    if cfg.method == "autoscale" and cfg.pipeline.fixed_scale is None:
+        l2s = get_model(f"l2s_{cfg.model.variant}", in_channels=counter.feature_channels, official=cfg.model.l2s_official)
+    return AutoScale(counter, l2s, _pipeline_config(cfg))
+
+
+def model_checkpoint(model: AutoScale, cfg: TrainConfig) -> dict[str, Any]:
+    """The registry's model-checkpoint part (readable by ``build_from_checkpoint``) + pipeline,
+    config, method and code version."""
+    name, kwargs = _model_spec(cfg)
+    counter = getattr(model.counter, "module", model.counter)
+    l2s = model.l2s
+    return {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "variant": cfg.model.variant,
+        "model": {"name": name, "kwargs": kwargs},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in counter.state_dict().items()},
+        "l2s_state_dict": None if l2s is None else {k: v.detach().cpu().clone() for k, v in l2s.state_dict().items()},
+        "l2s": None if l2s is None else {"head": l2s.head, "bound": l2s.bound, "pool": l2s.pool},
+        "pipeline": config_to_dict(model.config), "config": config_to_dict(cfg),
+        "code_version": code_version(), "method": cfg.method,
+    }
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    """Create ``out``; refuse a foreign non-empty folder or (without resume) a finished run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise AutoScaleError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
+    entries = [p for p in out.iterdir() if p.name != ".write_test"]
+    if entries and not (out / RUN_MARKER).is_file():
+        raise AutoScaleError(f"{out}: output folder is not empty and not an autoscale training run; "
+                             f"choose another out=... or empty it")
+    if (out / "last.pt").exists() and not resume:
+        raise AutoScaleError(f"{out}: already holds a training run (last.pt); pass --resume to continue it "
+                             f"or choose another out=...")
+
+
+def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    tmp = out / "history.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, out / "history.csv")
+
+
+def _tensorboard(out: Path, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+    except Exception:  # noqa: BLE001 - optional; skip silently
+        return None
+    try:
+        return SummaryWriter(str(out / "tb"))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class _SkipSampler(Sampler[int]):
+    """The indices of ``base`` for the current epoch, minus the first ``skip`` (resume mid-epoch)."""
+
+    def __init__(self, base: DistributedSampler, skip: int = 0) -> None:
+        self.base, self.skip = base, skip
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.base)[self.skip:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.skip)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM -> set a flag (the loop saves and stops); a second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set = True
+        print(f"\nautoscale train: received {signal.Signals(signum).name}; saving last.pt after this step "
+              f"and stopping (press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _move_target(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t.to(device)[None]  # (1, 1, H, W) density or (1, H, W) classes
+
+
+def _samples(batch: dict[str, Any]) -> Iterator[tuple[torch.Tensor, np.ndarray, torch.Tensor]]:
+    for i in range(len(batch["name"])):
+        yield batch["image"][i], batch["points"][i], batch["target"][i]
+
+
+@torch.no_grad()
+def validate(model: AutoScale, dataset: Any, cfg: TrainConfig, device: torch.device, info: D.DistInfo) -> dict[str, float]:
+    """Count MAE/RMSE on ``dataset`` (sharded over ranks): the full two-pass prediction for
+    ``autoscale`` (``mae_first``: its first pass alone), a single pass for ``fpn``."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+    for i in range(info.rank, len(dataset), info.world_size):
+        s = dataset[i]
+        with autocast:
+            res = model.predict(s["image"][None].to(device), single_pass=cfg.method == "fpn")
+        rows.append((i, float(res.count), float(res.first_count), float(s["count"])))
+    model.train(was_training)
+    rows = sorted(r for part in D.gather_objects(rows, info) for r in part)
+    pred, first, gt = (np.array([r[k] for r in rows]) for k in (1, 2, 3))
+    m = counting_metrics(pred, gt)
+    out = {"val_mae": float(m["mae"]), "val_rmse": float(m["rmse"]), "val_n": int(m["n"])}
+    if cfg.method == "autoscale":
+        out["val_mae_first"] = float(counting_metrics(first, gt)["mae"])
+    return out
+
+
+# ------------------------------------------------------------------------------------- train
+def train(cfg: TrainConfig, resume: bool | str | os.PathLike[str] | None = None) -> TrainResult:
+    """Train as configured; see the module docstring. ``resume``: True = ``<out>/last.pt``, or a
+    checkpoint path. Returns :class:`TrainResult` (``interrupted`` after SIGINT/SIGTERM)."""
+    device = resolve_device(cfg.device)
+    info = D.init_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    out = Path(cfg.out)
+    prev_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        # CPU kernels are deterministic already (and the switch costs a 2 s import there).
+        if cfg.deterministic and device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        return _train(cfg, resume, device, info, out)
+    finally:
+        if cfg.deterministic and device.type == "cuda":
+            torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
+        D.cleanup()
+
+
+def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo, out: Path) -> TrainResult:
+    ckpt_path: Path | None = None
+    if resume:
+        ckpt_path = out / "last.pt" if resume is True else Path(resume)
+        if not ckpt_path.is_file():
+            raise CheckpointError(f"{ckpt_path}: no checkpoint to resume from")
+    if info.is_main:
+        _prepare_out(out, resume=bool(resume))
+        (out / RUN_MARKER).write_text(json.dumps({"autoscale_train": True, "config": config_to_dict(cfg),
+                                                  "code_version": code_version()}, indent=1) + "\n")
+    D.barrier(info)
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    o = cfg.optim
+    train_ds = build_dataset(cfg, cfg.data.train_split, train=True, limit=cfg.data.limit)
+    val_ds = None
+    if cfg.data.val_split and cfg.val_every > 0:
+        val_ds = build_dataset(cfg, cfg.data.val_split, train=False, limit=cfg.data.val_limit)
+
+    model = build_model(cfg).to(device)
+    counter, l2s = model.counter, model.l2s
+    center = None
+    if cfg.method == "autoscale" and l2s is not None:
+        center = CenterLoss(o.center_mode, init=o.center_init, alpha=o.center_lr).to(device)
+    groups = [{"params": list(counter.parameters()), "lr": o.lr, "weight_decay": o.weight_decay, "name": "counter"}]
+    if l2s is not None:
+        groups.append({"params": list(l2s.parameters()), "lr": o.l2s_lr or o.lr, "weight_decay": o.weight_decay, "name": "l2s"})
+    if center is not None and o.center_mode == "official":
+        groups.append({"params": list(center.parameters()), "lr": o.center_lr, "weight_decay": 0.0, "name": "center"})
+    optimizer = torch.optim.Adam(groups)
+
+    epoch, batch_in_epoch, step, history, best_mae = 0, 0, 0, [], None
+    if ckpt_path is not None:
+        ck = load_training_checkpoint(ckpt_path)
+        if ck["method"] != cfg.method or ck["variant"] != cfg.model.variant:
+            raise CheckpointError(f"{ckpt_path}: a {ck['method']}/{ck['variant']} run, but the config asks for "
+                                  f"{cfg.method}/{cfg.model.variant}")
+        try:
+            counter.load_state_dict(ck["state_dict"])
+            if l2s is not None:
+                l2s.load_state_dict(ck["l2s_state_dict"])
+            if center is not None:
+                center.load_state_dict(ck["center"])
+            optimizer.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{ckpt_path}: does not match this config's model ({str(exc).splitlines()[0]})") from None
+        epoch, batch_in_epoch, step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["step"])
+        history, best_mae = list(ck["history"]), ck["best_mae"]
+        set_rng_state(ck["rng"])
+        if info.is_main:
+            print(f"autoscale train: resumed {ckpt_path} at epoch {epoch}, batch {batch_in_epoch}, step {step}",
+                  file=sys.stderr)
+
+    train_model = model
+    if info.enabled:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            counter, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+        train_model = AutoScale(ddp, l2s, model.config)
+    manual_sync = ([*l2s.parameters()] if l2s is not None else []) + (
+        [*center.parameters()] if center is not None and o.center_mode == "official" else [])
+
+    base_sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                      seed=cfg.seed, drop_last=False)
+    writer = _tensorboard(out, cfg.tensorboard) if info.is_main else None
+    best_path, last_path = out / "best.pt", out / "last.pt"
+    result = TrainResult(out_dir=out, best_checkpoint=best_path if best_path.exists() else None, last_checkpoint=last_path)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
+
+    def save(path: Path, metrics: dict[str, Any] | None = None) -> None:
+        if not info.is_main:
+            return
+        payload = model_checkpoint(model, cfg)
+        payload.update({
+            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
+            "optimizer": optimizer.state_dict(), "center": None if center is None else center.state_dict(),
+            "rng": rng_state(), "history": history, "best_mae": best_mae, "metrics": metrics or {},
+        })
+        save_atomic(payload, path)
+
+    def sync_center_step() -> None:
+        if center is None or center.mode != "paper":
+            return
+        D.all_reduce_sum(center.acc_sum, info)
+        D.all_reduce_sum(center.acc_count, info)
+        center.step_center()
+
+    model.train()
+    if center is not None:
+        center.train()
+    steps_per_epoch = len(base_sampler) // o.batch_size + (len(base_sampler) % o.batch_size > 0)
+    stop = _StopFlag()
+    with stop:
+        while epoch < o.epochs and (o.max_steps is None or step < o.max_steps):
+            base_sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)
+            loader = DataLoader(train_ds, batch_size=o.batch_size, sampler=_SkipSampler(base_sampler, batch_in_epoch * o.batch_size),
+                                collate_fn=collate, num_workers=cfg.num_workers)
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            n_steps = 0
+            bar = None
+            if cfg.progress and info.is_main:
+                from tqdm import tqdm
+                bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{o.epochs}",
+                           leave=False, dynamic_ncols=True)
+            for batch in loader:
+                terms = torch.zeros(4, dtype=torch.float64)  # total, first, refine, center (sums over images)
+                n_img = len(batch["name"])
+                loss = None
+                for img, pts, tgt in _samples(batch):
+                    img, tgt = img[None].to(device), _move_target(tgt, device)
+                    with autocast():
+                        if cfg.method == "autoscale":
+                            bd = joint_loss(train_model, img, pts, tgt, center, reduction=o.loss_reduction, refine=True)
+                            li = bd.total
+                            terms += torch.tensor([float(li.detach()), bd.first, bd.refine, bd.center], dtype=torch.float64)
+                        else:
+                            li = pixel_loss(cfg.model.variant, train_model.counter(img), tgt, model.config, o.loss_reduction)
+                            terms += torch.tensor([float(li.detach()), float(li.detach()), 0.0, 0.0], dtype=torch.float64)
+                    li = li.float() / n_img
+                    loss = li if loss is None else loss + li
+                if not torch.isfinite(loss):
+                    raise AutoScaleError(f"non-finite training loss at epoch {epoch + 1}, step {step + 1} "
+                                         f"(images {batch['name']}); lower optim.lr or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                D.all_reduce_grads(manual_sync, info)
+                if o.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], o.grad_clip)
+                optimizer.step()
+                step += 1
+                batch_in_epoch += 1
+                n_steps += 1
+                glob = D.all_reduce_sum(torch.cat([terms, torch.tensor([float(n_img)], dtype=torch.float64)]).to(device), info).cpu()
+                mean = (glob[:4] / glob[4]).tolist()
+                result.step_losses.append(mean[0])
+                for k, v in zip(("loss", "loss_first", "loss_refine", "loss_center"), mean):
+                    sums[k] = sums.get(k, 0.0) + v
+                if o.center_every is not None and step % o.center_every == 0:
+                    sync_center_step()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{mean[0]:.4g}")
+                if D.any_flag(stop.set, device, info):
+                    break
+                if o.max_steps is not None and step >= o.max_steps:
+                    break
+            if bar is not None:
+                bar.close()
+            if D.any_flag(stop.set, device, info):
+                save(last_path)
+                result.interrupted = True
+                if info.is_main:
+                    print(f"autoscale train: interrupted; state saved to {last_path} "
+                          f"(epoch {epoch + 1}, batch {batch_in_epoch}, step {step}); continue with --resume",
+                          file=sys.stderr)
+                break
+            if batch_in_epoch < steps_per_epoch:  # max_steps reached mid-epoch
+                save(last_path)
+                break
+            # -- end of epoch ------------------------------------------------------------------
+            if o.center_every is None:
+                sync_center_step()
+            epoch += 1
+            batch_in_epoch = 0
+            row: dict[str, Any] = {"epoch": epoch, "step": step}
+            row.update({k: v / max(n_steps, 1) for k, v in sums.items()})
+            row["lr"] = o.lr
+            if center is not None:
+                row["center"] = float(center.center.detach())
+            row["time_s"] = round(time.perf_counter() - t0, 3)
+            metrics: dict[str, Any] = {}
+            if val_ds is not None and epoch % cfg.val_every == 0:
+                metrics = validate(model, val_ds, cfg, device, info)
+                row.update(metrics)
+            history.append(row)
+            if metrics and (best_mae is None or metrics["val_mae"] < best_mae):
+                best_mae = metrics["val_mae"]
+                save(best_path, metrics)
+                result.best_checkpoint = best_path
+            save(last_path, metrics)
+            if info.is_main:
+                _write_history(out, history)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
+                            writer.add_scalar(k, v, epoch)
+                    writer.flush()
+            D.barrier(info)
+    if writer is not None:
+        writer.close()
+    if val_ds is None and info.is_main and last_path.exists():
+        result.best_checkpoint = None
+    result.history, result.epoch, result.step = history, epoch, step
+    return result

@@ -1,0 +1,148 @@
+"""ONNX export of the single-pass counting network (the FPN): normalised image -> final map.
+
+The exported graph takes ``image``: float32 ``(1, 3, H, W)``, ImageNet-normalised
+(:func:`autoscale.models.vgg.normalize`), and returns ``map``: ``(1, 1, H, W)`` density (people per
+pixel; the count is its sum) for regression or ``(1, K, H, W)`` class logits for localization
+(argmax = distance class; heads are the regional minima, :func:`autoscale.postprocess.count_people`).
+H and W are dynamic axes when the exporter keeps them dynamic (checked at two sizes after export).
+The two-pass refinement (dense region + L2S zoom) is data-dependent control flow and is not
+exported: run it in Python (:mod:`autoscale.predict`).
+
+Uses PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``, opset 17),
+which works offline; onnx / onnxruntime are the optional extra ``pip install autoscale[onnx]``.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoscale.errors import AutoScaleError
+
+__all__ = ["FinalMap", "export_onnx", "check_onnx"]
+
+
+class FinalMap(nn.Module):
+    """Wrap an FPN so ``forward(image) -> final map`` (no side outputs, no features)."""
+
+    def __init__(self, fpn: nn.Module):
+        super().__init__()
+        self.fpn = fpn
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fpn(image).final
+
+
+def _require(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise AutoScaleError(f"ONNX export needs the optional packages onnx and onnxruntime: pip install autoscale[onnx] "
+                             f"(missing: {module})") from None
+
+
+def _fpn_from(obj: Any) -> tuple[nn.Module, str]:
+    from autoscale.pipeline import AutoScale
+    from autoscale.predict import load_autoscale
+
+    if isinstance(obj, AutoScale):
+        return obj.counter, obj.config.variant
+    if isinstance(obj, nn.Module):
+        return obj, "localization" if getattr(obj, "num_classes", 1) > 1 else "regression"
+    model, _ = load_autoscale(obj)
+    return model.counter, model.config.variant
+
+
+def check_onnx(path: str | PathLike[str], module: nn.Module, sizes: list[tuple[int, int]], *, rtol: float = 1e-4,
+               atol: float = 1e-5, seed: int = 0) -> list[dict[str, Any]]:
+    """Run the ONNX file with onnxruntime and PyTorch on random inputs of each ``(H, W)``.
+
+    Returns per size ``{"size", "max_abs_diff", "ok"}``; raises :class:`AutoScaleError` when the
+    outputs differ beyond ``rtol``/``atol`` or a size is rejected by the graph.
+    """
+    ort = _require("onnxruntime")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for h, w in sizes:
+        x = torch.randn(1, 3, h, w, generator=gen)
+        with torch.no_grad():
+            ref = module(x).numpy()
+        try:
+            got = sess.run(None, {name: x.numpy()})[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            raise AutoScaleError(f"{path}: onnxruntime rejected a {h}x{w} input ({type(exc).__name__}: {exc})") from None
+        ok = got.shape == ref.shape and np.allclose(got, ref, rtol=rtol, atol=atol)
+        diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
+        out.append({"size": [h, w], "max_abs_diff": diff, "ok": bool(ok)})
+        if not ok:
+            raise AutoScaleError(f"{path}: ONNX output differs from PyTorch at {h}x{w} (max abs diff {diff:.3g})")
+    return out
+
+
+def export_onnx(
+    checkpoint_or_model: Any,
+    out: str | PathLike[str],
+    *,
+    height: int = 384,
+    width: int = 512,
+    opset: int = 17,
+    dynamic: bool = True,
+    check: bool = True,
+    check_sizes: list[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """Export the single-pass network to ``out`` (ONNX).
+
+    Args:
+        checkpoint_or_model: checkpoint path/dict, an :class:`AutoScale` or an FPN module.
+        height, width: the example input size used for tracing (pixels).
+        dynamic: make H and W dynamic axes.
+        check: compare onnxruntime with PyTorch (rtol 1e-4) at the trace size and, when dynamic,
+            at a second size (``check_sizes`` overrides).
+
+    Returns:
+        ``{"path", "variant", "opset", "dynamic", "input", "output", "checks"}``.
+    """
+    onnx = _require("onnx")
+    if height < 16 or width < 16:
+        raise AutoScaleError(f"export size must be at least 16x16 pixels, got {height}x{width}")
+    fpn, variant = _fpn_from(checkpoint_or_model)
+    module = FinalMap(fpn).eval().cpu()
+    path = Path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AutoScaleError(f"{path.parent}: cannot create the output directory ({exc.strerror or exc})") from None
+    tmp = path.with_name(f".{path.name}.tmp")
+    x = torch.zeros(1, 3, height, width)
+    axes = {"image": {2: "height", 3: "width"}, "map": {2: "height", 3: "width"}} if dynamic else None
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["image"],
+                              output_names=["map"], dynamic_axes=axes, do_constant_folding=True)
+        onnx.checker.check_model(str(tmp))
+        checks: list[dict[str, Any]] = []
+        if check:
+            sizes = check_sizes or ([(height, width), (height + 24, width - 40 if width > 56 else width + 40)]
+                                    if dynamic else [(height, width)])
+            checks = check_onnx(tmp, module, sizes)
+        tmp.replace(path)
+    except AutoScaleError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
+        tmp.unlink(missing_ok=True)
+        raise AutoScaleError(f"ONNX export failed ({type(exc).__name__}: {exc})") from None
+    return {"path": str(path), "variant": variant, "opset": opset, "dynamic": dynamic,
+            "input": "image float32 (1, 3, H, W) ImageNet-normalised",
+            "output": "map (1, 1, H, W) density" if variant == "regression" else "map (1, K, H, W) class logits",
+            "checks": checks}
