@@ -288,6 +288,8 @@ class Predictor:
         self.refines = model.l2s is not None or model.config.fixed_scale is not None
         self.single_pass = bool(single_pass) or not self.refines
         self.bf16 = bool(bf16)
+        if self.bf16:  # bf16 autocast pays off with channels_last (oneDNN/AMX on CPU, tensor cores on GPU)
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.max_side = None if max_side is None else int(max_side)
         self.points_mode = points
         meta = checkpoint or {}
@@ -307,6 +309,8 @@ class Predictor:
     def run_network_frame(self, image: np.ndarray) -> PipelineResult:
         """The pipeline on an RGB ``uint8`` image exactly as given (no resize); network-frame result."""
         x = normalize(np.ascontiguousarray(image)).to(self.device)
+        if self.bf16:
+            x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             return self.model.predict(x, single_pass=self.single_pass)

@@ -183,7 +183,10 @@ def normalize(img: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(img, np.ndarray):
         if img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB array, got shape {img.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        arr = np.ascontiguousarray(img)
+        if not arr.flags.writeable:  # torch.from_numpy warns on read-only arrays (e.g. decoded images)
+            arr = arr.copy()
+        t = torch.from_numpy(arr).permute(2, 0, 1)
     elif isinstance(img, torch.Tensor):
         t = img
     else:
