@@ -173,3 +173,12 @@ def test_map_points_back_inverts_zoom():
     zoomed = np.stack([(orig[:, 0] - 13) * Wz / 40, (orig[:, 1] - 7) * Hz / 25], 1)
     np.testing.assert_allclose(map_points_back(zoomed, reg, (Hz, Wz)), orig)
     np.testing.assert_allclose(map_points_back([[0, 0], [68, 42]], (13, 7, 40, 25), (42, 68)), [[13, 7], [53, 32]])
+
+
+def test_count_people_max_class_drops_shallow_minima():
+    m = np.full((7, 9), 10, dtype=np.uint8)
+    m[1, 1] = 0  # a head
+    m[5, 7] = 6  # a fold of the map 6-8 px from any head: a minimum, but not a person
+    assert count_people(m)[0] == 2
+    n, pts = count_people(m, max_class=3)
+    assert n == 1 and pts.tolist() == [[1.5, 1.5]]

@@ -89,7 +89,7 @@ class Region:
         )
 
 
-def _as_map(arr: Any, name: str) -> np.ndarray:
+def as_map(arr: Any, name: str) -> np.ndarray:
     """A 2-D numpy view of ``arr`` (numpy or torch; leading singleton dims are squeezed)."""
     if hasattr(arr, "detach"):
         arr = arr.detach().cpu().numpy()
@@ -119,7 +119,7 @@ def dense_mask_regression(
     Returns:
         ``(H, W)`` bool array.
     """
-    d = _as_map(density, "density").astype(np.float64, copy=False)
+    d = as_map(density, "density").astype(np.float64, copy=False)
     mean, mx = float(d.mean()), float(d.max())
     if not (mean > 0 and mx > 0):  # also catches NaN
         return np.zeros(d.shape, dtype=bool)
@@ -152,7 +152,7 @@ def dense_mask_localization(
     Returns:
         ``(H, W)`` bool array.
     """
-    m = _as_map(class_map, "class_map")
+    m = as_map(class_map, "class_map")
     if method == "paper":
         return m < c
     if method == "official":
@@ -228,7 +228,7 @@ def select_dense_regions(
         a list (possibly empty) of :class:`Region` in rank order. An empty mask gives ``[]``;
         an all-true mask gives one region covering the whole map.
     """
-    m = _as_map(mask, "mask").astype(bool, copy=False)
+    m = as_map(mask, "mask").astype(bool, copy=False)
     if top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
     if criterion == "area":

@@ -52,6 +52,8 @@ class PipelineConfig:
         zoom: ``stn`` (differentiable in the scale, paper) or ``bilinear`` (official inference).
         fixed_scale: a constant zoom factor instead of L2S (Fig. 10c ablation), or None.
         exclude_background: localization counting ignores plateaus of the background class.
+        max_head_class: localization counting ignores minima whose class exceeds this
+            (None: every minimum counts, paper); see :func:`autoscale.postprocess.count_people`.
         loss: localization loss, ``dce`` (Eq. 7), ``ce``, ``focal`` or ``ordinal`` (Table 12).
         kernel: target regeneration for the zoomed region, ``fixed``/``multiplied``/``divided`` (Table 11).
         sigma: density kernel sigma in pixels (the trainer sets it from the dataset's sigma).
@@ -72,6 +74,7 @@ class PipelineConfig:
     zoom: Literal["stn", "bilinear"] = "stn"
     fixed_scale: float | None = None
     exclude_background: bool = True
+    max_head_class: int | None = None
     loss: Literal["dce", "ce", "focal", "ordinal"] = "dce"
     kernel: Literal["fixed", "multiplied", "divided"] = "fixed"
     sigma: float = 4.0
@@ -123,7 +126,8 @@ def _map_count(variant: Variant, final: torch.Tensor, cfg: PipelineConfig) -> tu
         return float(m.sum(dtype=np.float64)), m, None
     cls = decode_classes(final.detach().float(), cfg.loss)[0].cpu().numpy().astype(np.uint8)
     n_classes = len(cfg.edges)
-    _, pts = count_people(cls, background=n_classes - 1, num_classes=n_classes, exclude_background=cfg.exclude_background)
+    _, pts = count_people(cls, background=n_classes - 1, num_classes=n_classes,
+                          exclude_background=cfg.exclude_background, max_class=cfg.max_head_class)
     return float(len(pts)), cls, pts
 
 
@@ -205,7 +209,7 @@ class AutoScale(nn.Module):
             masked = first_map.copy()
             masked[~keep] = len(cfg.edges) - 1
             _, outside = count_people(masked, background=len(cfg.edges) - 1, num_classes=len(cfg.edges),
-                                      exclude_background=cfg.exclude_background)
+                                      exclude_background=cfg.exclude_background, max_class=cfg.max_head_class)
             pts = np.concatenate([outside.reshape(-1, 2), *[p.reshape(-1, 2) for p in refined_pts]], axis=0)
             result.points = pts
             count = float(len(pts))

@@ -24,6 +24,7 @@ COMMAND_MODULES: list[tuple[str, str | None]] = [
     ("autoscale.cli.predict", None),
     ("autoscale.cli.evaluate", None),
     ("autoscale.cli.export", None),
+    ("autoscale.cli.demo", None),
 ]
 
 GROUP_HELP = {"data": "dataset tools: statistics, synthetic crowds, ground-truth targets"}

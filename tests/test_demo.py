@@ -1,0 +1,89 @@
+"""The demo's smoke budget end to end (seconds), plus the output-scale folding it relies on."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoscale.cli import main as cli_main
+from autoscale.demo import METHODS, fold_output_scale, mean_baseline_mae
+from autoscale.models.registry import build_from_checkpoint, get_model, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    assert cli_main(["demo", "--out", str(out), "--smoke", "--quiet"]) == 0
+    return out
+
+
+def test_outputs_and_schema(smoke_out: Path) -> None:
+    for f in ("report.md", "results.json", "training_log.json"):
+        assert (smoke_out / f).is_file(), f
+    res = json.loads((smoke_out / "results.json").read_text())
+    assert set(res["methods"]) == set(METHODS) == set(res["checkpoints"])
+    for name, m in res["methods"].items():
+        keys = {"mae", "rmse", "dense_mae"} | ({"precision", "recall", "f1"} if "localization" in name else set())
+        assert set(m) == keys, name
+        assert all(np.isfinite(v) and v >= 0 for v in m.values())
+        assert m["rmse"] >= m["mae"] - 1e-9
+        for k in ("precision", "recall", "f1"):
+            assert 0 <= m.get(k, 0) <= 1
+    report = (smoke_out / "report.md").read_text()
+    assert "from scratch on synthetic crowds" in report and all(n in report for n in METHODS)
+
+
+def test_checkpoints_load(smoke_out: Path) -> None:
+    res = json.loads((smoke_out / "results.json").read_text())
+    for name, path in res["checkpoints"].items():
+        ck = load_checkpoint(path)
+        method, variant = name.split("_", 1)
+        assert (ck["method"], ck["variant"]) == (method, variant)
+        assert ck["pipeline"]["variant"] == variant
+        fpn, l2s = build_from_checkpoint(path)
+        assert (l2s is None) == (method == "fpn")
+        out = fpn.eval()(torch.zeros(1, 3, 40, 48))
+        assert out.final.shape[-2:] == (40, 48)
+
+
+def test_mean_baseline_recomputed_from_list_files(smoke_out: Path) -> None:
+    root = smoke_out / "data"
+
+    def counts(split: str) -> list[int]:
+        lines = [ln.split() for ln in (root / f"{split}.txt").read_text().splitlines() if ln.strip()]
+        return [len(json.loads((root / ann).read_text())["points"]) for _, ann in lines]
+
+    tr, te = counts("train"), counts("test")
+    expected = sum(abs(c - sum(tr) / len(tr)) for c in te) / len(te)
+    res = json.loads((smoke_out / "results.json").read_text())
+    assert res["mean_baseline_mae"] == pytest.approx(expected, rel=1e-12)
+    assert mean_baseline_mae([1, 3], [0, 2, 5]) == pytest.approx((2 + 0 + 3) / 3)
+
+
+def test_dense_mae_matches_per_image_rows(smoke_out: Path) -> None:
+    rows = json.loads((smoke_out / "per_image.json").read_text())
+    res = json.loads((smoke_out / "results.json").read_text())
+    for name, rr in rows.items():
+        gt = np.array([r["gt"] for r in rr], float)
+        pr = np.array([r["pred"] for r in rr], float)
+        assert res["methods"][name]["mae"] == pytest.approx(np.abs(pr - gt).mean(), abs=1e-9)
+        top = np.argsort(-gt, kind="stable")[: int(np.ceil(len(gt) / 3))]
+        assert res["methods"][name]["dense_mae"] == pytest.approx(np.abs(pr[top] - gt[top]).mean(), abs=1e-9)
+
+
+def test_fold_output_scale_is_exact() -> None:
+    torch.manual_seed(0)
+    fpn = get_model("fpn_regression", width=0.0625).eval()
+    for p in fpn.parameters():  # non-trivial biases so the dsn6 bias term matters
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(1, 3, 33, 41)
+    with torch.no_grad():
+        ref = fpn(x)
+        fold_output_scale(fpn, 0.01)
+        got = fpn(x)
+    torch.testing.assert_close(got.final, ref.final * 0.01, rtol=1e-4, atol=1e-6)
+    for a, b in zip(got.side, ref.side):
+        torch.testing.assert_close(a, b * 0.01, rtol=1e-4, atol=1e-6)
