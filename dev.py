@@ -46,6 +46,11 @@ def setup(extras: str) -> Path:
     return py
 
 
+# Idle OpenMP threads sleep instead of spinning (spinning slows torch many-fold when another job
+# holds a core); an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test", "setup"}:
         print(__doc__)
