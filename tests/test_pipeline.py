@@ -146,3 +146,13 @@ def test_predict_is_deterministic_and_single_pass_matches_counter():
         direct = model.counter(img).final[0, 0].numpy()
     assert single.count == pytest.approx(float(direct.sum(dtype=np.float64)), rel=1e-6)
     assert single.regions == []
+
+
+def test_divided_kernel_refines_the_region_at_its_own_size():
+    img = torch.full((1, 3, 40, 60), 0.01)
+    img[:, :, 5:25, 10:40] = 1.0
+    cfg = PipelineConfig(variant="regression", fixed_scale=2.0, kernel="divided")
+    res = AutoScale(DensityIsChannel0(), None, cfg).predict(img)
+    # Not zoomed: the re-prediction of the 20 x 30 block equals its first-pass count.
+    assert res.regions[0].zoomed_map.shape == (20, 30)
+    assert res.count == pytest.approx(res.first_count, rel=1e-6)

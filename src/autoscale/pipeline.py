@@ -187,7 +187,10 @@ class AutoScale(nn.Module):
         refined_pts: list[np.ndarray] = []
         for region in regions:
             s = self._safe_scale(region, self.scale_for(out.features, region))
-            zoomed = zoom_region(image, (region.x, region.y, region.w, region.h), s, method="bilinear")
+            if cfg.kernel == "divided":  # Table 11: the region keeps its size (kernel / r in training)
+                zoomed = image[:, :, region.y:region.y + region.h, region.x:region.x + region.w]
+            else:
+                zoomed = zoom_region(image, (region.x, region.y, region.w, region.h), s, method="bilinear")
             z_out = self.counter(zoomed)
             z_count, z_map, z_pts = _map_count(cfg.variant, z_out.final, cfg)
             ys, xs = slice(region.y, region.y + region.h), slice(region.x, region.x + region.w)
