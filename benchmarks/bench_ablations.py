@@ -1,0 +1,163 @@
+"""Ablations of AutoScale (regression) on the synthetic crowds of ``bench_synthetic.py``.
+
+Same data (seed), same budget and the same trunk: one regression FPN is trained to
+``branch_epoch``; the FPN baseline continues it and every variant below branches off it and
+trains the remaining epochs with the joint loss (Eq. 6), so all variants get the same steps,
+width and learning-rate schedule (``benchmarks/_common.py``):
+
+* ``learned``: the paper's AutoScale (L2S, closeness = mean nearest-neighbour distance, Eq. 1;
+  dense threshold 2 x mean; fixed kernel; one region);
+* ``fixed_1.5`` ... ``fixed_3`` (Fig. 10c): the dense region zoomed by a constant factor
+  (``PipelineConfig.fixed_scale``; no L2S, no centre loss) in training and inference;
+* ``people_number`` (Table 10): the centre loss on the *average people number* measure instead
+  of the mean distance (:class:`_common.PeopleNumberCenterLoss`: ``S = sqrt(area / N)`` px so
+  that Eq. 2 keeps its form; not a PipelineConfig option, implemented here by wrapping
+  :class:`autoscale.losses.CenterLoss`);
+* ``dense_official_4x``: the official code's dense rule (``dense_method="official"``, k = 4 on the
+  max-normalised uint8 map) instead of the paper's ``density > 2 x mean``, in training and
+  inference;
+* ``kernel_multiplied`` / ``kernel_divided`` (Table 11; ``learned`` is "fixed");
+* ``top2`` (Table 15): the ``learned`` model evaluated with ``top_k=2`` (the joint loss trains
+  on the first region only, so there is nothing else to train).
+
+Per variant: MAE, RMSE, and dense MAE (Table 8 protocol) on the variant's *own* refined regions
+(``dense_mae``: re-predicted count; ``dense_mae_first_pass``: its own first pass there;
+``dense_mae_fpn``: the FPN baseline's count in the same boxes).
+
+    .venv/bin/python benchmarks/bench_ablations.py
+    .venv/bin/python benchmarks/bench_ablations.py --smoke --out /tmp/ba
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+from autoscale.pipeline import AutoScale  # noqa: E402
+
+FIXED_SCALES = (1.5, 2.0, 2.5, 3.0)
+
+
+def variants(b: Any) -> dict[str, tuple[Any, str, str]]:
+    """name -> (pipeline config, centre measure, what it ablates)."""
+    p = lambda **kw: C.pipeline("regression", b, **kw)  # noqa: E731
+    out = {"learned": (p(), "distance", "paper AutoScale (L2S)")}
+    for s in FIXED_SCALES:
+        out[f"fixed_{s:g}"] = (p(fixed_scale=s), "distance", f"Fig. 10c: fixed zoom x{s:g}")
+    out["people_number"] = (p(), "people", "Table 10: centre loss on the average people number")
+    out["dense_official_4x"] = (p(dense_k=4.0, dense_method="official"), "distance",
+                                "official dense rule (k = 4, uint8, cap 150/255) vs paper 2 x mean")
+    out["kernel_multiplied"] = (p(kernel="multiplied"), "distance", "Table 11: sigma x scale, region zoomed")
+    out["kernel_divided"] = (p(kernel="divided"), "distance", "Table 11: sigma / scale, region kept")
+    return out
+
+
+def run(out: Path, b: Any, *, smoke: bool, seed: int, verbose: bool, command: str) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    result: dict[str, Any] = {"command": command, "seed": seed, "machine": C.machine_info(),
+                              "budget": C.budget_dict(b), "mode": "smoke" if smoke else "full",
+                              "pipeline_overrides": C.SMOKE_PIPELINE if smoke else {}}
+    seconds: dict[str, float] = {}
+    specs = variants(b)
+    with tempfile.TemporaryDirectory(prefix="bench_abl_") as tmp:
+        t0 = time.perf_counter()
+        data = C.make_data(Path(tmp) / "data", b, seed)
+        seconds["data"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        trunk = C.train_trunk("regression", data, b, seed, specs["learned"][0], "fpn", verbose)
+        trained: dict[str, Any] = {}
+        info: dict[str, Any] = {}
+        for name, (cfg, measure, _) in specs.items():
+            trained[name], info[name] = C.branch(trunk, cfg, b, seed, name, measure=measure, verbose=verbose)
+        fpn = C.finish_fpn(trunk, b, seed, "fpn", verbose)
+        seconds["train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rows = {"fpn": C.predict_rows(fpn, data, single_pass=True)}
+        for name, model in trained.items():
+            rows[name] = C.predict_rows(model, data, single_pass=False)
+        learned = trained["learned"]
+        top2 = AutoScale(learned.counter, learned.l2s, C.replace(learned.config, top_k=2)).eval()
+        rows["top2"] = C.predict_rows(top2, data, single_pass=False)
+        seconds["evaluate"] = time.perf_counter() - t0
+
+    table: dict[str, Any] = {}
+    for name, rr in rows.items():
+        m = C.summarize(rr)
+        if name == "fpn":
+            d = C.dense_region_errors(rr, rows["learned"], mode="box")
+            m.update(dense_mae=d["mae"], dense_rmse=d["rmse"], dense_images=d["n"],
+                     note="FPN baseline; dense MAE in the regions of `learned`", train={"seconds": trunk.seconds})
+        else:
+            own = C.dense_region_errors(rr, rr, mode="refined")
+            first = C.dense_region_errors(rr, rr, mode="own_first")
+            base = C.dense_region_errors(rows["fpn"], rr, mode="box")
+            m.update(dense_mae=own["mae"], dense_rmse=own["rmse"], dense_images=own["n"],
+                     dense_mae_first_pass=first["mae"], dense_mae_fpn=base["mae"],
+                     dense_gain_vs_fpn=(None if not base["mae"] or own["mae"] is None
+                                        else (base["mae"] - own["mae"]) / base["mae"]),
+                     images_with_two_regions=int(sum(len(r["regions"]) >= 2 for r in rr)))
+            if name == "top2":
+                m.update(note="Table 15: `learned` evaluated with top_k=2", train=None)
+            else:
+                m.update(note=specs[name][2], train=info[name])
+        table[name] = m
+    seconds["total"] = time.perf_counter() - t_start
+    result.update({"seconds": round(seconds["total"], 2), "seconds_detail": {k: round(v, 2) for k, v in seconds.items()},
+                   "dataset": data.info, "variants": table,
+                   "per_image": {k: C.public_rows(v) for k, v in rows.items()}})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablations.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "ablations.md").write_text(markdown(result))
+    return result
+
+
+def markdown(r: dict[str, Any]) -> str:
+    b, ds, f = r["budget"], r["dataset"], C.fmt
+    lines = [
+        "# AutoScale ablations (regression) on synthetic crowds", "",
+        f"Command: `{r['command']}`; seed {r['seed']}; {r['seconds']:.0f} s on {r['machine']['machine']} "
+        f"({r['machine']['cpu_count']} CPUs, shared; torch {r['machine']['torch']}, {r['machine']['torch_threads']} thread).", "",
+        f"Data: the `bench_synthetic.py` dataset ({ds['n_train']} train / {ds['n_test']} test images of "
+        f"{ds['size_hw'][0]}x{ds['size_hw'][1]} px, test heads {ds['test_count_min']}-{ds['test_count_max']}, "
+        f"mean {ds['test_count_mean']:.1f}; mean-count baseline MAE {ds['mean_baseline_mae']:.2f}). "
+        f"Budget: width {b['width']}, {b['epochs']} epochs, every variant branches off one FPN trunk at epoch "
+        f"{b['branch_epoch']} (same steps and learning-rate schedule).", "",
+        "Dense MAE: over the test images where the variant refined a region, GT heads in its region(s) vs its "
+        "re-predicted count; `first pass` = its own first pass in the same boxes; `FPN` = the FPN baseline in the "
+        "same boxes; gain = (FPN - variant) / FPN.", "",
+        "| variant | MAE | RMSE | dense MAE | dense first pass | dense FPN | gain | n | mean zoom | what |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in r["variants"].items():
+        lines.append(f"| {name} | {f(m['mae'])} | {f(m['rmse'])} | {f(m['dense_mae'])} | {f(m.get('dense_mae_first_pass'))} | "
+                     f"{f(m.get('dense_mae_fpn'))} | {f(m.get('dense_gain_vs_fpn'), 3)} | {m['dense_images']} | "
+                     f"{f(m.get('scale_mean'), 3)} | {m['note']} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    C.add_budget_args(ap)
+    a = ap.parse_args(argv)
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python benchmarks/bench_ablations.py", *argv_list])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(a.out, C.budget_from_args(a), smoke=a.smoke, seed=a.seed, verbose=not a.quiet, command=command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    main()
