@@ -19,6 +19,7 @@ Coordinates: points ``(x, y)`` in pixels of the (un-resized) synthetic images; r
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import os
@@ -364,3 +365,18 @@ def pipeline(variant: str, b: DemoBudget, **kw: Any) -> PipelineConfig:
 __all__ = ["FULL", "SMOKE", "SIGMAS", "RESULTS", "Data", "Trunk", "make_data", "train_trunk", "finish_fpn", "branch",
            "predict_rows", "dense_region_errors", "summarize", "public_rows", "machine_info", "budget_dict",
            "PeopleNumberCenterLoss", "count_in_box", "fmt", "pipeline", "replace"]
+
+
+def bench_main(script: str, doc: str, run_fn: Callable[..., dict[str, Any]], argv: Sequence[str] | None) -> dict[str, Any]:
+    """Shared entry point: parse the budget arguments, run single-threaded, record the command."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_budget_args(ap)
+    a = ap.parse_args(argv)
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join([f"python benchmarks/{script}", *argv_list])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_fn(a.out, budget_from_args(a), smoke=a.smoke, seed=a.seed, verbose=not a.quiet, command=command)
+    finally:
+        torch.set_num_threads(threads)

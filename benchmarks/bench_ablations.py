@@ -29,7 +29,6 @@ Per variant: MAE, RMSE, and dense MAE (Table 8 protocol) on the variant's *own* 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -146,17 +145,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.add_budget_args(ap)
-    a = ap.parse_args(argv)
-    argv_list = sys.argv[1:] if argv is None else list(argv)
-    command = " ".join(["python benchmarks/bench_ablations.py", *argv_list])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return run(a.out, C.budget_from_args(a), smoke=a.smoke, seed=a.seed, verbose=not a.quiet, command=command)
-    finally:
-        torch.set_num_threads(threads)
+    return C.bench_main("bench_ablations.py", __doc__, run, argv)
 
 
 if __name__ == "__main__":
