@@ -339,22 +339,18 @@ def _method_metrics(metrics: dict[str, Any], per_image: list[dict[str, Any]], va
 
 
 def _evaluate(path: Path, variant: str, test_recs: list) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """Evaluate a checkpoint with the engine's evaluator; also return per-image rows."""
+    """Evaluate a checkpoint with the engine's evaluator; also return its per-image rows."""
     from autoscale.engine.evaluate import evaluate
 
-    rows: list[dict[str, Any]] = []
+    ev_rows: list[dict[str, Any]] = []
     m = evaluate(str(path), test_recs, variant=variant, resize="none", sigmas=(4.0, LOC_RADIUS), knn=True,
-                 groups={}, figures=False)
-    # evaluate() returns aggregate metrics only; recompute per-image counts for the report.
-    from autoscale.predict import load_autoscale
-
-    model, _ = load_autoscale(str(path), variant=variant)
-    single = model.l2s is None
-    for r in test_recs:
-        with torch.inference_mode():
-            res = model.predict(normalize(read_image(r.image_path)), single_pass=single)
-        rows.append({"name": r.name, "gt": int(r.count), "pred": float(res.count), "first": float(res.first_count),
-                     "regions": [(g.region.x, g.region.y, g.region.w, g.region.h, g.scale) for g in res.regions]})
+                 groups={}, figures=False, per_image=ev_rows)
+    rows = []
+    for r in ev_rows:
+        boxes = [tuple(int(v) for v in b.split()) for b in r["region_boxes"].split(";") if b]
+        scales = [float(v) for v in r["scales"].split(";") if v]
+        rows.append({"name": r["image"], "gt": int(r["gt"]), "pred": float(r["pred"]), "first": float(r["first_pred"]),
+                     "regions": [(*b, sc) for b, sc in zip(boxes, scales)]})
     return _method_metrics(m, rows, variant), rows, m
 
 

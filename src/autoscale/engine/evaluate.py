@@ -136,8 +136,12 @@ def evaluate(
     device: str | torch.device = "cpu",
     figures: bool = True,
     progress: bool = False,
+    per_image: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on ``records`` (see the module docstring for every protocol).
+
+    ``per_image``: if a list is given, the per-image rows (the ``per_image.csv`` columns) are
+    appended to it, so callers need not run the model again.
 
     Args:
         checkpoint_or_models: checkpoint path or dict, an :class:`AutoScale`, or ``(fpn, l2s)``.
@@ -257,6 +261,8 @@ def evaluate(
     metrics = _clean(metrics)
     if out_dir is not None:
         write_report(metrics, rows, Path(out_dir), figures=figures)
+    if per_image is not None:
+        per_image.extend(rows)
     return metrics
 
 
