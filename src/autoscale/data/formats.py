@@ -121,6 +121,17 @@ def _as_points(arr: Any, path: Path, what: str = "points", ncols: int = 2) -> np
     return a
 
 
+def _numeric_row(path: Path, lineno: int, fields: list[str], shown: str) -> list[float]:
+    """Parse one annotation line's fields as finite floats; DataError naming file and line."""
+    try:
+        vals = [float(f) for f in fields]
+    except ValueError:
+        raise DataError(path, f"line {lineno}: non-numeric value in {shown!r}") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise DataError(path, f"line {lineno}: non-finite value in {shown!r}")
+    return vals
+
+
 def _parse_number_rows(path: Path, min_cols: int, max_cols: int | None = None) -> np.ndarray:
     """Parse a whitespace-separated numeric text file into an ``(N, C)`` float array.
 
@@ -146,13 +157,7 @@ def _parse_number_rows(path: Path, min_cols: int, max_cols: int | None = None) -
             ncols = n
         elif n != ncols:
             raise DataError(path, f"line {lineno}: {n} columns, previous lines have {ncols}")
-        try:
-            vals = [float(f) for f in fields]
-        except ValueError:
-            raise DataError(path, f"line {lineno}: non-numeric value in {line.strip()!r}") from None
-        if not all(math.isfinite(v) for v in vals):
-            raise DataError(path, f"line {lineno}: non-finite value in {line.strip()!r}")
-        rows.append(vals)
+        rows.append(_numeric_row(path, lineno, fields, line.strip()))
     if not rows:
         return np.zeros((0, min_cols), dtype=np.float64)
     return np.asarray(rows, dtype=np.float64)
@@ -600,13 +605,7 @@ def _read_csv_annotation(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     for lineno, r in rows[1:]:
         if len(r) != ncols:
             raise DataError(path, f"line {lineno}: expected {ncols} values, got {len(r)}")
-        try:
-            vals = [float(c) for c in r]
-        except ValueError:
-            raise DataError(path, f"line {lineno}: non-numeric value in {','.join(r)!r}") from None
-        if not all(math.isfinite(v) for v in vals):
-            raise DataError(path, f"line {lineno}: non-finite value in {','.join(r)!r}")
-        values.append(vals)
+        values.append(_numeric_row(path, lineno, r, ",".join(r)))
     arr = np.asarray(values, dtype=np.float64).reshape(-1, ncols)
     return arr[:, :2].copy(), (arr[:, 2:].copy() if ncols == 6 else None)
 
