@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -158,58 +156,11 @@ def finish_fpn(trunk: Trunk, b: DemoBudget, seed: int, tag: str, verbose: bool =
     return trunk.fpn.eval()
 
 
-class _Tap(list):
-    """A list of training samples that records the points of the sample last taken from it."""
-
-    def __init__(self, items: Sequence[Any], state: SimpleNamespace):
-        super().__init__(items)
-        self.state = state
-
-    def __getitem__(self, i: Any) -> Any:
-        s = super().__getitem__(i)
-        self.state.points = s.points
-        return s
-
-
-class _RegionRecorder(AutoScale):
-    """:class:`AutoScale` that records the region whose scale factor was last asked for."""
-
-    def __init__(self, counter: nn.Module, l2s: nn.Module | None, config: PipelineConfig, state: SimpleNamespace):
-        super().__init__(counter, l2s, config)
-        object.__setattr__(self, "_state", state)  # not a submodule
-
-    def scale_for(self, features: torch.Tensor | None, region: Any) -> torch.Tensor:
-        self._state.region = region
-        return super().scale_for(features, region)
-
-
-class PeopleNumberCenterLoss(CenterLoss):
-    """Centre loss with the *average people number* density measure (Table 10) instead of the
-    mean nearest-neighbour distance (Eq. 1).
-
-    To keep Eq. 2's form ``(S r^2 - C)^2`` (S must grow linearly with the zoom r), the people
-    number is expressed as the spacing the region's N people would have if spread uniformly over
-    the region box: ``S = sqrt(area / N) = sqrt(1000 / people_number_level)`` pixels
-    (:func:`autoscale.targets.people_number_level`). The region and its annotated points come
-    from the training loop through ``state`` (see :func:`branch`)."""
-
-    def __init__(self, state: SimpleNamespace, **kwargs: Any):
-        super().__init__("paper", **kwargs)
-        object.__setattr__(self, "_state", state)
-
-    def forward(self, S: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        reg = self._state.region
-        box = (reg.x, reg.y, reg.w, reg.h)
-        level = T.people_number_level(T.region_points(self._state.points, box), reg.w * reg.h)
-        s_pn = math.sqrt(1000.0 / level)
-        return super().forward(torch.full_like(S.reshape(-1), s_pn, dtype=r.dtype), r)
-
-
-def branch(trunk: Trunk, cfg: PipelineConfig, b: DemoBudget, seed: int, tag: str, *, measure: str = "distance",
+def branch(trunk: Trunk, cfg: PipelineConfig, b: DemoBudget, seed: int, tag: str, *,
            verbose: bool = True) -> tuple[AutoScale, dict[str, Any]]:
     """An AutoScale model branched off ``trunk`` at ``branch_epoch`` and trained with the joint
-    loss to ``epochs``. ``cfg.fixed_scale`` set: no L2S, no centre loss. ``measure``:
-    ``distance`` (Eq. 1, paper) or ``people`` (:class:`PeopleNumberCenterLoss`)."""
+    loss to ``epochs``. ``cfg.fixed_scale`` set: no L2S, no centre loss. The centre loss's
+    density measure is ``cfg.closeness`` (Eq. 1 distance or Table 10 people number)."""
     t0 = time.perf_counter()
     counter = copy.deepcopy(trunk.counter)
     fpn = counter.counter if isinstance(counter, _ScaledCounter) else counter
@@ -217,18 +168,14 @@ def branch(trunk: Trunk, cfg: PipelineConfig, b: DemoBudget, seed: int, tag: str
     if cfg.fixed_scale is None:
         torch.manual_seed(seed + 1)
         l2s = get_model(f"l2s_{trunk.variant}", in_channels=fpn.feature_channels)
-    state = SimpleNamespace(points=None, region=None)
-    model = _RegionRecorder(counter, l2s, cfg, state)
+    model = AutoScale(counter, l2s, cfg)
     opt = torch.optim.Adam(counter.parameters(), lr=b.lr, weight_decay=b.weight_decay)
     opt.load_state_dict(copy.deepcopy(trunk.opt_state))
     if l2s is not None:
         opt.add_param_group({"params": list(l2s.parameters()), "lr": b.lr, "weight_decay": b.weight_decay})
-    center: CenterLoss | None = None
-    if l2s is not None:
-        center = PeopleNumberCenterLoss(state) if measure == "people" else CenterLoss("paper")
-    samples = tuple(_Tap(s, state) for s in trunk.samples)
+    center = CenterLoss("paper") if l2s is not None else None
     log: list[dict[str, Any]] = []
-    _train_epochs(model, opt, samples, method="autoscale", first_epoch=b.branch_epoch, last_epoch=b.epochs, b=b,
+    _train_epochs(model, opt, trunk.samples, method="autoscale", first_epoch=b.branch_epoch, last_epoch=b.epochs, b=b,
                   seed=seed, center=center, log=log, tag=tag, say=_say(verbose))
     info = {"seconds": time.perf_counter() - t0, "center": None if center is None else float(center.center),
             "regions_per_epoch": [r["regions"] for r in log]}
@@ -364,7 +311,7 @@ def pipeline(variant: str, b: DemoBudget, **kw: Any) -> PipelineConfig:
 
 __all__ = ["FULL", "SMOKE", "SIGMAS", "RESULTS", "Data", "Trunk", "make_data", "train_trunk", "finish_fpn", "branch",
            "predict_rows", "dense_region_errors", "summarize", "public_rows", "machine_info", "budget_dict",
-           "PeopleNumberCenterLoss", "count_in_box", "fmt", "pipeline", "replace"]
+           "count_in_box", "fmt", "pipeline", "replace"]
 
 
 def bench_main(script: str, doc: str, run_fn: Callable[..., dict[str, Any]], argv: Sequence[str] | None) -> dict[str, Any]:

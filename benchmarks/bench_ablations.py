@@ -10,9 +10,8 @@ width and learning-rate schedule (``benchmarks/_common.py``):
 * ``fixed_1.5`` ... ``fixed_3`` (Fig. 10c): the dense region zoomed by a constant factor
   (``PipelineConfig.fixed_scale``; no L2S, no centre loss) in training and inference;
 * ``people_number`` (Table 10): the centre loss on the *average people number* measure instead
-  of the mean distance (:class:`_common.PeopleNumberCenterLoss`: ``S = sqrt(area / N)`` px so
-  that Eq. 2 keeps its form; not a PipelineConfig option, implemented here by wrapping
-  :class:`autoscale.losses.CenterLoss`);
+  of the mean distance (``PipelineConfig.closeness="people_number"``: ``S = sqrt(area / N)`` px
+  so that Eq. 2 keeps its form);
 * ``dense_official_4x``: the official code's dense rule (``dense_method="official"``, k = 4 on the
   max-normalised uint8 map) instead of the paper's ``density > 2 x mean``, in training and
   inference;
@@ -36,7 +35,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -47,16 +45,16 @@ FIXED_SCALES = (1.5, 2.0, 2.5, 3.0)
 
 
 def variants(b: Any) -> dict[str, tuple[Any, str, str]]:
-    """name -> (pipeline config, centre measure, what it ablates)."""
+    """name -> (pipeline config, what it ablates)."""
     p = lambda **kw: C.pipeline("regression", b, **kw)  # noqa: E731
-    out = {"learned": (p(), "distance", "paper AutoScale (L2S)")}
+    out = {"learned": (p(), "paper AutoScale (L2S)")}
     for s in FIXED_SCALES:
-        out[f"fixed_{s:g}"] = (p(fixed_scale=s), "distance", f"Fig. 10c: fixed zoom x{s:g}")
-    out["people_number"] = (p(), "people", "Table 10: centre loss on the average people number")
-    out["dense_official_4x"] = (p(dense_k=4.0, dense_method="official"), "distance",
+        out[f"fixed_{s:g}"] = (p(fixed_scale=s), f"Fig. 10c: fixed zoom x{s:g}")
+    out["people_number"] = (p(closeness="people_number"), "Table 10: centre loss on the average people number")
+    out["dense_official_4x"] = (p(dense_k=4.0, dense_method="official"),
                                 "official dense rule (k = 4, uint8, cap 150/255) vs paper 2 x mean")
-    out["kernel_multiplied"] = (p(kernel="multiplied"), "distance", "Table 11: sigma x scale, region zoomed")
-    out["kernel_divided"] = (p(kernel="divided"), "distance", "Table 11: sigma / scale, region kept")
+    out["kernel_multiplied"] = (p(kernel="multiplied"), "Table 11: sigma x scale, region zoomed")
+    out["kernel_divided"] = (p(kernel="divided"), "Table 11: sigma / scale, region kept")
     return out
 
 
@@ -75,8 +73,8 @@ def run(out: Path, b: Any, *, smoke: bool, seed: int, verbose: bool, command: st
         trunk = C.train_trunk("regression", data, b, seed, specs["learned"][0], "fpn", verbose)
         trained: dict[str, Any] = {}
         info: dict[str, Any] = {}
-        for name, (cfg, measure, _) in specs.items():
-            trained[name], info[name] = C.branch(trunk, cfg, b, seed, name, measure=measure, verbose=verbose)
+        for name, (cfg, _) in specs.items():
+            trained[name], info[name] = C.branch(trunk, cfg, b, seed, name, verbose=verbose)
         fpn = C.finish_fpn(trunk, b, seed, "fpn", verbose)
         seconds["train"] = time.perf_counter() - t0
 
@@ -108,7 +106,7 @@ def run(out: Path, b: Any, *, smoke: bool, seed: int, verbose: bool, command: st
             if name == "top2":
                 m.update(note="Table 15: `learned` evaluated with top_k=2", train=None)
             else:
-                m.update(note=specs[name][2], train=info[name])
+                m.update(note=specs[name][1], train=info[name])
         table[name] = m
     seconds["total"] = time.perf_counter() - t_start
     result.update({"seconds": round(seconds["total"], 2), "seconds_detail": {k: round(v, 2) for k, v in seconds.items()},

@@ -219,19 +219,3 @@ def test_scripts_agree_on_shared_models(runs):
         a = [r["pred"] for r in syn["per_image"][s_name]]
         b = [r["pred"] for r in abl["per_image"][a_name]]
         assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
-
-
-def test_people_number_center_loss_by_hand():
-    sys.path.insert(0, str(BENCH))
-    import _common as C
-    from types import SimpleNamespace
-
-    pts = np.array([[1.0, 1.0], [3.0, 2.0], [9.0, 9.0], [50.0, 50.0]])  # the last one is outside
-    state = SimpleNamespace(points=pts, region=SimpleNamespace(x=0, y=0, w=12, h=10))  # a Region box
-    loss = C.PeopleNumberCenterLoss(state, init=18.0)
-    r = torch.tensor([1.5], requires_grad=True)
-    out = loss(torch.tensor([123.0]), r)  # S from Eq. 1 is ignored
-    s = math.sqrt(12 * 10 / 3)
-    assert float(out.detach()) == pytest.approx(0.5 * (s * 1.5 ** 2 - 18.0) ** 2, rel=1e-5)
-    out.backward()
-    assert float(r.grad) == pytest.approx(2 * s * 1.5 * (s * 1.5 ** 2 - 18.0), rel=1e-5)

@@ -114,6 +114,28 @@ def test_joint_loss_gradients_reach_counter_and_l2s(variant):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.l2s.parameters())
 
 
+@pytest.mark.parametrize("closeness", ["distance", "people_number"])
+def test_joint_loss_closeness_measure(closeness):
+    """The centre loss sees Eq. 1's mean NN distance or the people-number spacing sqrt(area / N)
+    of the annotated heads in the chosen region (brute force here)."""
+    model = _tiny("regression")
+    model.config.dense_k = 0.5
+    model.config.closeness = closeness
+    img, pts, target = _example("regression", model.config)
+    center = CenterLoss()
+    bd = joint_loss(model, img, pts, target, center)
+    r = bd.region
+    inside = pts[(pts[:, 0] >= r.x) & (pts[:, 0] < r.x + r.w) & (pts[:, 1] >= r.y) & (pts[:, 1] < r.y + r.h)]
+    assert len(inside) >= 2
+    if closeness == "distance":
+        d = np.sqrt(((inside[:, None] - inside[None]) ** 2).sum(-1)) + np.diag(np.full(len(inside), np.inf))
+        expected = d.min(1).mean()
+    else:
+        expected = np.sqrt(r.w * r.h / len(inside))
+    assert bd.closeness == pytest.approx(expected, rel=1e-6)
+    assert bd.center == pytest.approx(0.5 * (expected * bd.scale ** 2 - float(center.center)) ** 2, rel=1e-4)
+
+
 def test_l2s_gets_no_gradient_through_bilinear_zoom_without_centre_loss():
     model = _tiny("regression", zoom="bilinear")
     model.config.dense_k = 0.5

@@ -22,6 +22,7 @@ from autoscale.targets import (
     half_nn_distance,
     nearest_neighbour_distances,
     people_number_level,
+    people_number_spacing,
     region_points,
     region_target,
     sigma_map,
@@ -238,6 +239,13 @@ def test_closeness_and_people_number_levels():
     assert people_number_level(np.zeros((5, 2)), 2000) == pytest.approx(2.5)
     with pytest.raises(ValueError):
         people_number_level(pts, 0)
+    # spacing: 4 people on 100 px^2 -> sqrt(25) = 5 px; grows linearly with a zoom r
+    assert people_number_spacing(np.zeros((4, 2)), 100.0) == pytest.approx(5.0)
+    assert people_number_spacing(np.zeros((4, 2)) * 3, 100.0 * 9) == pytest.approx(3 * 5.0)
+    assert people_number_spacing(pts, 2000) == pytest.approx(np.sqrt(1000.0 / people_number_level(pts, 2000)))
+    assert np.isnan(people_number_spacing(np.zeros((0, 2)), 50.0))
+    with pytest.raises(ValueError):
+        people_number_spacing(pts, -1.0)
 
 
 def test_region_points_half_open():

@@ -59,6 +59,11 @@ class PipelineConfig:
         sigma: density kernel sigma in pixels (the trainer sets it from the dataset's sigma).
         edges: distance-label bin edges in pixels.
         center_weight: lambda in Eq. 6 / Eq. 8.
+        closeness: the region density measure S the centre loss (Eq. 2) compares with the zoom:
+            ``distance`` (Eq. 1, mean nearest-neighbour distance of the region's people, px; paper)
+            or ``people_number`` (Table 10's "average people number" of the conference version,
+            expressed as the spacing ``sqrt(area / N)`` px so Eq. 2 keeps its form; see
+            :func:`autoscale.targets.people_number_spacing`).
         min_region_people: a region with fewer annotated people gets no centre-loss term.
         region_from: in training, choose the dense region on the first ``prediction`` (paper,
             official) or on the ground-truth ``target`` (an option for early training and tests).
@@ -80,6 +85,7 @@ class PipelineConfig:
     sigma: float = 4.0
     edges: tuple[float, ...] = T.DISTANCE_EDGES
     center_weight: float = 1.0
+    closeness: Literal["distance", "people_number"] = "distance"
     min_region_people: int = 2
     max_zoom_pixels: int = 2048 * 2048
     region_from: Literal["prediction", "target"] = "prediction"
@@ -307,7 +313,10 @@ def joint_loss(model: AutoScale, image: torch.Tensor, points: np.ndarray, target
     bd.refine = float(l_refine.detach())
     inside = T.region_points(points, box)
     if center is not None and model.l2s is not None and cfg.fixed_scale is None and len(inside) >= cfg.min_region_people:
-        closeness = T.closeness_level(inside)
+        if cfg.closeness == "people_number":
+            closeness = T.people_number_spacing(inside, region.w * region.h)
+        else:
+            closeness = T.closeness_level(inside)
         if np.isfinite(closeness):
             S = torch.tensor([closeness], dtype=s.dtype, device=s.device)
             l_center = center(S, s.reshape(-1))

@@ -11,6 +11,7 @@ Everything here is numpy / scipy / OpenCV only (no torch).
 """
 from __future__ import annotations
 
+import math
 from typing import Literal, Sequence
 
 import cv2
@@ -34,6 +35,7 @@ __all__ = [
     "sigma_map",
     "closeness_level",
     "people_number_level",
+    "people_number_spacing",
     "region_points",
     "zoomed_size",
     "zoom_points",
@@ -409,6 +411,17 @@ def people_number_level(points: np.ndarray | Sequence[Sequence[float]], area: fl
     if not area > 0:
         raise ValueError(f"area must be > 0, got {area}")
     return 1000.0 * len(_as_points(points)) / float(area)
+
+
+def people_number_spacing(points: np.ndarray | Sequence[Sequence[float]], area: float) -> float:
+    """The average people number (:func:`people_number_level`) as a length: the spacing
+    ``sqrt(area / N)`` px the region's N people would have if spread evenly over its area (px^2).
+    Unlike the level, it grows linearly with a zoom, like Eq. 1's distance, so the centre loss
+    ``(S r^2 - C)^2`` keeps its meaning. ``NaN`` for an empty region."""
+    n = len(_as_points(points))
+    if not area > 0:
+        raise ValueError(f"area must be > 0, got {area}")
+    return math.sqrt(float(area) / n) if n else float("nan")
 
 
 def _check_box(box: Sequence[int]) -> tuple[int, int, int, int]:
