@@ -37,7 +37,7 @@ from autoscale import targets as T
 from autoscale.data.formats import read_dataset
 from autoscale.data.image_io import read_image
 from autoscale.data.synth import generate_dataset
-from autoscale.demo import DemoBudget, _kaiming_init, _load_samples, _ScaledCounter, _train_epochs
+from autoscale.demo import DemoBudget, kaiming_init, load_samples, ScaledCounter, train_epochs
 from autoscale.losses import CenterLoss
 from autoscale.metrics import counting_metrics, match_points_multi
 from autoscale.models.registry import get_model
@@ -132,16 +132,16 @@ def train_trunk(variant: str, data: Data, b: DemoBudget, seed: int, cfg: Pipelin
                 verbose: bool = True) -> Trunk:
     """Train an FPN (``cfg``: variant, sigma, loss) for ``branch_epoch`` epochs."""
     t0 = time.perf_counter()
-    samples = _load_samples(data.train, variant, cfg)
+    samples = load_samples(data.train, variant, cfg)
     torch.manual_seed(seed)
     fpn = get_model(f"fpn_{variant}", width=b.width)
-    _kaiming_init(fpn)
-    counter: nn.Module = _ScaledCounter(fpn, 1.0 / b.density_scale) if variant == "regression" else fpn
+    kaiming_init(fpn)
+    counter: nn.Module = ScaledCounter(fpn, 1.0 / b.density_scale) if variant == "regression" else fpn
     base = AutoScale(counter, None, cfg)
     opt = torch.optim.Adam(base.parameters(), lr=b.lr, weight_decay=b.weight_decay)
     log: list[dict[str, Any]] = []
-    _train_epochs(base, opt, samples, method="fpn", first_epoch=0, last_epoch=b.branch_epoch, b=b, seed=seed,
-                  center=None, log=log, tag=tag, say=_say(verbose))
+    train_epochs(base, opt, samples, method="fpn", first_epoch=0, last_epoch=b.branch_epoch, b=b, seed=seed,
+                 center=None, log=log, tag=tag, say=_say(verbose))
     tr = Trunk(variant, cfg, samples, copy.deepcopy(base.counter), copy.deepcopy(opt.state_dict()), base, opt, log)
     tr.seconds = time.perf_counter() - t0
     return tr
@@ -150,8 +150,8 @@ def train_trunk(variant: str, data: Data, b: DemoBudget, seed: int, cfg: Pipelin
 def finish_fpn(trunk: Trunk, b: DemoBudget, seed: int, tag: str, verbose: bool = True) -> AutoScale:
     """Continue the trunk's FPN from ``branch_epoch`` to ``epochs`` (the baseline)."""
     t0 = time.perf_counter()
-    _train_epochs(trunk.fpn, trunk.opt, trunk.samples, method="fpn", first_epoch=b.branch_epoch, last_epoch=b.epochs,
-                  b=b, seed=seed, center=None, log=trunk.log, tag=tag, say=_say(verbose))
+    train_epochs(trunk.fpn, trunk.opt, trunk.samples, method="fpn", first_epoch=b.branch_epoch, last_epoch=b.epochs,
+                 b=b, seed=seed, center=None, log=trunk.log, tag=tag, say=_say(verbose))
     trunk.seconds += time.perf_counter() - t0
     return trunk.fpn.eval()
 
@@ -163,7 +163,7 @@ def branch(trunk: Trunk, cfg: PipelineConfig, b: DemoBudget, seed: int, tag: str
     density measure is ``cfg.closeness`` (Eq. 1 distance or Table 10 people number)."""
     t0 = time.perf_counter()
     counter = copy.deepcopy(trunk.counter)
-    fpn = counter.counter if isinstance(counter, _ScaledCounter) else counter
+    fpn = counter.counter if isinstance(counter, ScaledCounter) else counter
     l2s = None
     if cfg.fixed_scale is None:
         torch.manual_seed(seed + 1)
@@ -175,8 +175,8 @@ def branch(trunk: Trunk, cfg: PipelineConfig, b: DemoBudget, seed: int, tag: str
         opt.add_param_group({"params": list(l2s.parameters()), "lr": b.lr, "weight_decay": b.weight_decay})
     center = CenterLoss("paper") if l2s is not None else None
     log: list[dict[str, Any]] = []
-    _train_epochs(model, opt, trunk.samples, method="autoscale", first_epoch=b.branch_epoch, last_epoch=b.epochs, b=b,
-                  seed=seed, center=center, log=log, tag=tag, say=_say(verbose))
+    train_epochs(model, opt, trunk.samples, method="autoscale", first_epoch=b.branch_epoch, last_epoch=b.epochs, b=b,
+                 seed=seed, center=center, log=log, tag=tag, say=_say(verbose))
     info = {"seconds": time.perf_counter() - t0, "center": None if center is None else float(center.center),
             "regions_per_epoch": [r["regions"] for r in log]}
     return model.eval(), info

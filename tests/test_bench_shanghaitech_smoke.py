@@ -80,6 +80,8 @@ def test_part_b_two_variant_runs_merge(shared_data, tmp_path):
         assert m["rmse"] == pytest.approx(math.sqrt(((pred - gt) ** 2).mean()))
         assert ("f1_sigma8" in m) == ("localization" in name)
         assert saved["targets"][name]["met"] == (m["mae"] < 26.4)
+        if "count_factor_from_train" in m:  # regression: calibrated counts = raw counts x factor
+            assert m["mae_calibrated"] == pytest.approx(np.abs(pred * m["count_factor_from_train"] - gt).mean())
     md = (tmp_path / "shanghaitech_b.md").read_text()
     assert all(f"| {n} |" in md for n in saved["methods"])
 

@@ -64,7 +64,8 @@ from autoscale.models.registry import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, get
 from autoscale.models.vgg import normalize
 from autoscale.pipeline import AutoScale, PipelineConfig, _to_tensor, joint_loss, make_target, pixel_loss
 
-__all__ = ["DemoBudget", "BUDGETS", "METHODS", "run_demo", "mean_baseline_mae", "fold_output_scale"]
+__all__ = ["DemoBudget", "BUDGETS", "METHODS", "run_demo", "mean_baseline_mae", "fold_output_scale", "ScaledCounter",
+           "kaiming_init", "load_samples", "train_epochs"]
 
 METHODS = ("fpn_regression", "autoscale_regression", "fpn_localization", "autoscale_localization")
 LOC_RADIUS = 8.0  # px, headline localization matching radius
@@ -127,7 +128,7 @@ BUDGETS: dict[str, DemoBudget] = {
 
 
 # ------------------------------------------------------------------------------------ helpers
-class _ScaledCounter(nn.Module):
+class ScaledCounter(nn.Module):
     """Wraps an FPN so every output map is multiplied by ``factor`` (regression training)."""
 
     def __init__(self, counter: nn.Module, factor: float):
@@ -155,7 +156,8 @@ def fold_output_scale(fpn: nn.Module, factor: float) -> nn.Module:
     return fpn
 
 
-def _kaiming_init(model: nn.Module) -> None:
+def kaiming_init(model: nn.Module) -> None:
+    """Kaiming-normal (ReLU gain) weights and zero biases for every convolution of ``model``, in place."""
     # From scratch, the authors' N(0, 0.01) init makes a deep ReLU net without BN start with
     # vanishing activations (and slow CPU denormals); Kaiming init trains several times faster.
     for m in model.modules():
@@ -186,7 +188,7 @@ class _Sample:
     target: torch.Tensor
 
 
-def _load_samples(records: list, variant: str, cfg: PipelineConfig) -> tuple[list[_Sample], list[_Sample]]:
+def load_samples(records: list, variant: str, cfg: PipelineConfig) -> tuple[list[_Sample], list[_Sample]]:
     """Every train image and its horizontal mirror (the flip augmentation), tensors prepared once."""
     plain, flipped = [], []
     dev = torch.device("cpu")
@@ -206,10 +208,10 @@ def _load_samples(records: list, variant: str, cfg: PipelineConfig) -> tuple[lis
     return plain, flipped
 
 
-def _train_epochs(model: AutoScale, opt: torch.optim.Optimizer, data: tuple[list[_Sample], list[_Sample]],
-                  *, method: str, first_epoch: int, last_epoch: int, b: DemoBudget, seed: int,
-                  center: CenterLoss | None, log: list[dict[str, Any]], tag: str,
-                  say: Callable[[str], None]) -> None:
+def train_epochs(model: AutoScale, opt: torch.optim.Optimizer, data: tuple[list[_Sample], list[_Sample]],
+                 *, method: str, first_epoch: int, last_epoch: int, b: DemoBudget, seed: int,
+                 center: CenterLoss | None, log: list[dict[str, Any]], tag: str,
+                 say: Callable[[str], None]) -> None:
     """Train epochs ``first_epoch .. last_epoch - 1``; data order and flips come from
     ``(seed, epoch)`` so a branch continues exactly the schedule of its parent."""
     plain, flipped = data
@@ -277,7 +279,7 @@ def _checkpoint(counter: nn.Module, l2s: nn.Module | None, cfg: PipelineConfig, 
 def _plain_counter(model: AutoScale, variant: str, b: DemoBudget) -> nn.Module:
     """The bare FPN of a training model, with the regression output factor folded in."""
     c = model.counter
-    if isinstance(c, _ScaledCounter):
+    if isinstance(c, ScaledCounter):
         c = fold_output_scale(copy.deepcopy(c.counter), c.factor)
     return c
 
@@ -290,16 +292,16 @@ def _train_variant(variant: str, train_recs: list, b: DemoBudget, seed: int, ckp
         b = replace(b, epochs=b.loc_epochs, branch_epoch=b.loc_branch_epoch)
     cfg = PipelineConfig(variant=variant, sigma=b.sigma, max_zoom_pixels=4 * H * W,
                          max_head_class=b.max_head_class if variant == "localization" else None)
-    data = _load_samples(train_recs, variant, cfg)
+    data = load_samples(train_recs, variant, cfg)
     torch.manual_seed(seed)
     fpn = get_model(f"fpn_{variant}", width=b.width)
-    _kaiming_init(fpn)
-    counter: nn.Module = _ScaledCounter(fpn, 1.0 / b.density_scale) if variant == "regression" else fpn
+    kaiming_init(fpn)
+    counter: nn.Module = ScaledCounter(fpn, 1.0 / b.density_scale) if variant == "regression" else fpn
     base = AutoScale(counter, None, cfg)
     opt = torch.optim.Adam(base.parameters(), lr=b.lr, weight_decay=b.weight_decay)
     common = dict(b=b, seed=seed, log=log, say=say)
-    _train_epochs(base, opt, data, method="fpn", first_epoch=0, last_epoch=b.branch_epoch, center=None,
-                  tag=f"fpn_{variant}", **common)
+    train_epochs(base, opt, data, method="fpn", first_epoch=0, last_epoch=b.branch_epoch, center=None,
+                 tag=f"fpn_{variant}", **common)
     # Branch: AutoScale starts from the FPN's weights and Adam state at branch_epoch.
     as_counter = copy.deepcopy(base.counter)
     torch.manual_seed(seed + 1)
@@ -308,11 +310,11 @@ def _train_variant(variant: str, train_recs: list, b: DemoBudget, seed: int, ckp
     as_opt = torch.optim.Adam(as_counter.parameters(), lr=b.lr, weight_decay=b.weight_decay)
     as_opt.load_state_dict(opt.state_dict())
     as_opt.add_param_group({"params": list(l2s.parameters()), "lr": b.lr, "weight_decay": b.weight_decay})
-    _train_epochs(base, opt, data, method="fpn", first_epoch=b.branch_epoch, last_epoch=b.epochs, center=None,
-                  tag=f"fpn_{variant}", **common)
+    train_epochs(base, opt, data, method="fpn", first_epoch=b.branch_epoch, last_epoch=b.epochs, center=None,
+                 tag=f"fpn_{variant}", **common)
     center = CenterLoss("paper")
-    _train_epochs(auto, as_opt, data, method="autoscale", first_epoch=b.branch_epoch, last_epoch=b.epochs,
-                  center=center, tag=f"autoscale_{variant}", **common)
+    train_epochs(auto, as_opt, data, method="autoscale", first_epoch=b.branch_epoch, last_epoch=b.epochs,
+                 center=center, tag=f"autoscale_{variant}", **common)
     paths = {}
     for method, model in (("fpn", base), ("autoscale", auto)):
         name = f"{method}_{variant}"
