@@ -106,3 +106,26 @@ def test_missing_root_is_a_clear_error(tmp_path):
     mod = _load()
     with pytest.raises(SystemExit, match="part_B.*not found"):
         mod.main(["--smoke", "--root", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_analysis_reproduces_the_benchmark_first_pass(shared_data, tmp_path):
+    """analyze_shanghaitech.py re-loads the saved weights and recomputes the first-pass counts by its
+    own path (resize in memory, plain counter forward): its test MAE must equal the benchmark's."""
+    mod = _load()
+    root = shared_data / "shanghaitech"
+    res = _run(mod, ["--smoke", "--part", "B", "--variant", "regression", "--root", str(root), "--out", str(tmp_path),
+                     "--quiet", "--save-dir", str(tmp_path / "w")])
+    spec = importlib.util.spec_from_file_location("analyze_shanghaitech", BENCH / "analyze_shanghaitech.py")
+    ana = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ana)
+    out = _run(ana, ["--smoke", "--root", str(root), "--weights", str(tmp_path / "w"), "--out", str(tmp_path)])
+    for name in ("fpn_regression", "autoscale_regression"):
+        got = out["regression_counts"][name]
+        assert got["first_pass_mae_test"] == pytest.approx(res["methods"][name]["first_pass_mae"], rel=1e-5)
+        rows = res["per_image"][name]
+        assert got["first_pass_bias_test"] == pytest.approx(np.mean([r["first"] - r["gt"] for r in rows]), rel=1e-5)
+    # sparse test images at full resolution: every head is its own minimum of the GT label map
+    full = out["label_map_oracle_test"]["x1"]
+    assert full["heads"] == sum(r["gt"] for r in res["per_image"]["fpn_regression"])
+    assert full["recall_at_4px"] == pytest.approx(1.0) and full["minima"] == full["heads"]
+    assert (tmp_path / "shanghaitech_b_analysis.md").exists()
