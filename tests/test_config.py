@@ -101,3 +101,11 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
     again = load_config(p)
     assert again == cfg
     assert config_from_dict(d) == cfg
+
+
+def test_closeness_measure_is_a_config_key():
+    cfg = load_config("shanghaitech_b_autoscale_regression", ["pipeline.closeness=people_number", "data.root=/x"])
+    assert cfg.pipeline.closeness == "people_number"
+    assert load_config("shanghaitech_b_autoscale_regression", ["data.root=/x"]).pipeline.closeness == "distance"
+    with pytest.raises(ConfigError, match="pipeline.closeness.*distance.*people_number.*bogus"):
+        load_config("shanghaitech_b_autoscale_regression", ["pipeline.closeness=bogus", "data.root=/x"])
