@@ -23,7 +23,7 @@ P/R/F1 are matched at 4 and 8 px *of the benchmark resolution* (not of the origi
 ``--variant regression|localization`` trains one variant only and merges its methods into the
 results file (the two variants were run as two concurrent single-threaded processes).
 
-Run from the project root (``--smoke``: seconds, a few tiny images)::
+Run from the project root (``--smoke``: seconds; 3 images per split, a width-1/16 network)::
 
     .venv/bin/python benchmarks/bench_shanghaitech.py --part B --variant regression
     .venv/bin/python benchmarks/bench_shanghaitech.py --part B --variant localization
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--branch-epoch", type=int)
     ap.add_argument("--lr", type=float, help="peak Adam learning rate (default: the budget's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--smoke", action="store_true", help="seconds: 3 train / 2 test images, tiny network")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 3 train / 3 test images, tiny network")
     ap.add_argument("--out", type=Path, default=C.RESULTS)
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--save-dir", type=Path, help="also save the trained weights here (never commit them)")
@@ -261,9 +261,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 res = run_variant(v, data, b, a.seed, not a.quiet, a.save_dir)
                 mine["methods"].update(res["methods"])
                 mine["per_image"].update(res["per_image"])
-                mine["runs"][v] = {"command": command, "seed": a.seed, "seconds": round(data_seconds + time.perf_counter() - t1, 1),
-                                     "train_wall_seconds": res["train_wall_seconds"], "budget": res["pipeline"],
-                                     "threads": 1, "load_average_at_end": list(os.getloadavg()), "log": res["log"]}
+                mine["runs"][v] = {"command": command, "seed": a.seed,
+                                   "seconds": round(data_seconds + time.perf_counter() - t1, 1),
+                                   "train_wall_seconds": res["train_wall_seconds"], "budget": res["pipeline"],
+                                   "threads": 1, "load_average_at_end": list(os.getloadavg()), "log": res["log"]}
         # Merge with the other variant's results (another process may have written them meanwhile).
         result: dict[str, Any] = {"methods": {}, "runs": {}, "per_image": {}}
         if out_json.exists():
