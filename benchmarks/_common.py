@@ -37,7 +37,7 @@ from autoscale import targets as T
 from autoscale.data.formats import read_dataset
 from autoscale.data.image_io import read_image
 from autoscale.data.synth import generate_dataset
-from autoscale.demo import DemoBudget, kaiming_init, load_samples, ScaledCounter, train_epochs
+from autoscale.demo import DemoBudget, ScaledCounter, load_samples, new_fpn_run, train_epochs
 from autoscale.losses import CenterLoss
 from autoscale.metrics import counting_metrics, match_points_multi
 from autoscale.models.registry import get_model
@@ -133,12 +133,7 @@ def train_trunk(variant: str, data: Data, b: DemoBudget, seed: int, cfg: Pipelin
     """Train an FPN (``cfg``: variant, sigma, loss) for ``branch_epoch`` epochs."""
     t0 = time.perf_counter()
     samples = load_samples(data.train, variant, cfg)
-    torch.manual_seed(seed)
-    fpn = get_model(f"fpn_{variant}", width=b.width)
-    kaiming_init(fpn)
-    counter: nn.Module = ScaledCounter(fpn, 1.0 / b.density_scale) if variant == "regression" else fpn
-    base = AutoScale(counter, None, cfg)
-    opt = torch.optim.Adam(base.parameters(), lr=b.lr, weight_decay=b.weight_decay)
+    base, opt = new_fpn_run(variant, cfg, b, seed)
     log: list[dict[str, Any]] = []
     train_epochs(base, opt, samples, method="fpn", first_epoch=0, last_epoch=b.branch_epoch, b=b, seed=seed,
                  center=None, log=log, tag=tag, say=_say(verbose))

@@ -65,7 +65,7 @@ from autoscale.models.vgg import normalize
 from autoscale.pipeline import AutoScale, PipelineConfig, _to_tensor, joint_loss, make_target, pixel_loss
 
 __all__ = ["DemoBudget", "BUDGETS", "METHODS", "run_demo", "mean_baseline_mae", "fold_output_scale", "ScaledCounter",
-           "kaiming_init", "load_samples", "train_epochs"]
+           "kaiming_init", "new_fpn_run", "load_samples", "train_epochs"]
 
 METHODS = ("fpn_regression", "autoscale_regression", "fpn_localization", "autoscale_localization")
 LOC_RADIUS = 8.0  # px, headline localization matching radius
@@ -188,6 +188,17 @@ class _Sample:
     target: torch.Tensor
 
 
+def new_fpn_run(variant: str, cfg: PipelineConfig, b: DemoBudget, seed: int) -> tuple[AutoScale, torch.optim.Adam]:
+    """A from-scratch FPN (seeded, Kaiming init; regression outputs scaled by ``1 / density_scale``)
+    wrapped as a single-pass :class:`AutoScale`, and its Adam optimiser."""
+    torch.manual_seed(seed)
+    fpn = get_model(f"fpn_{variant}", width=b.width)
+    kaiming_init(fpn)
+    counter: nn.Module = ScaledCounter(fpn, 1.0 / b.density_scale) if variant == "regression" else fpn
+    base = AutoScale(counter, None, cfg)
+    return base, torch.optim.Adam(base.parameters(), lr=b.lr, weight_decay=b.weight_decay)
+
+
 def load_samples(records: list, variant: str, cfg: PipelineConfig) -> tuple[list[_Sample], list[_Sample]]:
     """Every train image and its horizontal mirror (the flip augmentation), tensors prepared once."""
     plain, flipped = [], []
@@ -293,19 +304,14 @@ def _train_variant(variant: str, train_recs: list, b: DemoBudget, seed: int, ckp
     cfg = PipelineConfig(variant=variant, sigma=b.sigma, max_zoom_pixels=4 * H * W,
                          max_head_class=b.max_head_class if variant == "localization" else None)
     data = load_samples(train_recs, variant, cfg)
-    torch.manual_seed(seed)
-    fpn = get_model(f"fpn_{variant}", width=b.width)
-    kaiming_init(fpn)
-    counter: nn.Module = ScaledCounter(fpn, 1.0 / b.density_scale) if variant == "regression" else fpn
-    base = AutoScale(counter, None, cfg)
-    opt = torch.optim.Adam(base.parameters(), lr=b.lr, weight_decay=b.weight_decay)
+    base, opt = new_fpn_run(variant, cfg, b, seed)
     common = dict(b=b, seed=seed, log=log, say=say)
     train_epochs(base, opt, data, method="fpn", first_epoch=0, last_epoch=b.branch_epoch, center=None,
                  tag=f"fpn_{variant}", **common)
     # Branch: AutoScale starts from the FPN's weights and Adam state at branch_epoch.
     as_counter = copy.deepcopy(base.counter)
     torch.manual_seed(seed + 1)
-    l2s = get_model(f"l2s_{variant}", in_channels=fpn.feature_channels)
+    l2s = get_model(f"l2s_{variant}", in_channels=as_counter.feature_channels)
     auto = AutoScale(as_counter, l2s, cfg)
     as_opt = torch.optim.Adam(as_counter.parameters(), lr=b.lr, weight_decay=b.weight_decay)
     as_opt.load_state_dict(opt.state_dict())
