@@ -37,7 +37,7 @@ from autoscale import targets as T
 from autoscale.data.formats import read_dataset
 from autoscale.data.image_io import read_image
 from autoscale.data.synth import generate_dataset
-from autoscale.demo import DemoBudget, ScaledCounter, load_samples, new_fpn_run, train_epochs
+from autoscale.demo import DemoBudget, ScaledCounter, branch_optimizer, load_samples, new_fpn_run, train_epochs
 from autoscale.losses import CenterLoss
 from autoscale.metrics import counting_metrics, match_points_multi
 from autoscale.models.registry import get_model
@@ -164,10 +164,7 @@ def branch(trunk: Trunk, cfg: PipelineConfig, b: DemoBudget, seed: int, tag: str
         torch.manual_seed(seed + 1)
         l2s = get_model(f"l2s_{trunk.variant}", in_channels=fpn.feature_channels)
     model = AutoScale(counter, l2s, cfg)
-    opt = torch.optim.Adam(counter.parameters(), lr=b.lr, weight_decay=b.weight_decay)
-    opt.load_state_dict(copy.deepcopy(trunk.opt_state))
-    if l2s is not None:
-        opt.add_param_group({"params": list(l2s.parameters()), "lr": b.lr, "weight_decay": b.weight_decay})
+    opt = branch_optimizer(counter, l2s, trunk.opt_state, b)
     center = CenterLoss("paper") if l2s is not None else None
     log: list[dict[str, Any]] = []
     train_epochs(model, opt, trunk.samples, method="autoscale", first_epoch=b.branch_epoch, last_epoch=b.epochs, b=b,

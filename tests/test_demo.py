@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autoscale.cli import main as cli_main
-from autoscale.demo import METHODS, fold_output_scale, mean_baseline_mae
+from autoscale.demo import METHODS, BUDGETS, branch_optimizer, fold_output_scale, mean_baseline_mae
 from autoscale.models.registry import build_from_checkpoint, get_model, load_checkpoint
 
 
@@ -87,3 +87,23 @@ def test_fold_output_scale_is_exact() -> None:
     torch.testing.assert_close(got.final, ref.final * 0.01, rtol=1e-4, atol=1e-6)
     for a, b in zip(got.side, ref.side):
         torch.testing.assert_close(a, b * 0.01, rtol=1e-4, atol=1e-6)
+
+
+def test_branch_optimizer_starts_from_the_fpn_state_without_sharing_it():
+    """The AutoScale branch must keep the FPN's Adam moments of the branch point, even while the
+    FPN run goes on stepping (load_state_dict alone would alias the moment tensors)."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4))
+    opt = torch.optim.Adam([w], lr=1e-2)
+    (w ** 2).sum().backward()
+    opt.step()
+    state = opt.state_dict()
+    at_branch = state["state"][0]["exp_avg"].clone()
+    counter = torch.nn.ParameterList([torch.nn.Parameter(w.detach().clone())])
+    l2s = torch.nn.Linear(2, 1)
+    bopt = branch_optimizer(counter, l2s, state, BUDGETS["smoke"])
+    w.grad = torch.ones(4)
+    opt.step()  # the FPN run continues
+    torch.testing.assert_close(bopt.state[counter[0]]["exp_avg"], at_branch)
+    assert not torch.equal(opt.state[w]["exp_avg"], at_branch)
+    assert len(bopt.param_groups) == 2 and bopt.param_groups[1]["params"] == list(l2s.parameters())

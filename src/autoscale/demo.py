@@ -65,7 +65,7 @@ from autoscale.models.vgg import normalize
 from autoscale.pipeline import AutoScale, PipelineConfig, _to_tensor, joint_loss, make_target, pixel_loss
 
 __all__ = ["DemoBudget", "BUDGETS", "METHODS", "run_demo", "mean_baseline_mae", "fold_output_scale", "ScaledCounter",
-           "kaiming_init", "new_fpn_run", "load_samples", "train_epochs"]
+           "kaiming_init", "new_fpn_run", "branch_optimizer", "load_samples", "train_epochs"]
 
 METHODS = ("fpn_regression", "autoscale_regression", "fpn_localization", "autoscale_localization")
 LOC_RADIUS = 8.0  # px, headline localization matching radius
@@ -199,6 +199,18 @@ def new_fpn_run(variant: str, cfg: PipelineConfig, b: DemoBudget, seed: int) -> 
     return base, torch.optim.Adam(base.parameters(), lr=b.lr, weight_decay=b.weight_decay)
 
 
+def branch_optimizer(counter: nn.Module, l2s: nn.Module | None, opt_state: dict[str, Any],
+                     b: DemoBudget) -> torch.optim.Adam:
+    """Adam for an AutoScale run branching off an FPN run: the FPN's optimiser state at the branch
+    point for ``counter`` (deep-copied: ``load_state_dict`` keeps the same tensors, which the FPN run
+    goes on updating in place) and a new parameter group for a fresh ``l2s``."""
+    opt = torch.optim.Adam(counter.parameters(), lr=b.lr, weight_decay=b.weight_decay)
+    opt.load_state_dict(copy.deepcopy(opt_state))
+    if l2s is not None:
+        opt.add_param_group({"params": list(l2s.parameters()), "lr": b.lr, "weight_decay": b.weight_decay})
+    return opt
+
+
 def load_samples(records: list, variant: str, cfg: PipelineConfig) -> tuple[list[_Sample], list[_Sample]]:
     """Every train image and its horizontal mirror (the flip augmentation), tensors prepared once."""
     plain, flipped = [], []
@@ -313,9 +325,7 @@ def _train_variant(variant: str, train_recs: list, b: DemoBudget, seed: int, ckp
     torch.manual_seed(seed + 1)
     l2s = get_model(f"l2s_{variant}", in_channels=as_counter.feature_channels)
     auto = AutoScale(as_counter, l2s, cfg)
-    as_opt = torch.optim.Adam(as_counter.parameters(), lr=b.lr, weight_decay=b.weight_decay)
-    as_opt.load_state_dict(opt.state_dict())
-    as_opt.add_param_group({"params": list(l2s.parameters()), "lr": b.lr, "weight_decay": b.weight_decay})
+    as_opt = branch_optimizer(as_counter, l2s, opt.state_dict(), b)
     train_epochs(base, opt, data, method="fpn", first_epoch=b.branch_epoch, last_epoch=b.epochs, center=None,
                  tag=f"fpn_{variant}", **common)
     center = CenterLoss("paper")
