@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import sys
@@ -280,6 +281,27 @@ def public_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
+def finish(result: dict[str, Any], seconds: dict[str, float], t_start: float) -> None:
+    """Record the total and per-phase wall seconds in ``result``."""
+    seconds["total"] = time.perf_counter() - t_start
+    result.update({"seconds": round(seconds["total"], 2),
+                   "seconds_detail": {k: round(v, 2) for k, v in seconds.items()}})
+
+
+def write_results(out: Path, name: str, result: dict[str, Any], md: str) -> None:
+    """``out/<name>.json`` and ``out/<name>.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{name}.md").write_text(md)
+
+
+def command_line(r: dict[str, Any]) -> str:
+    """The markdown line naming the command, seed, wall time and machine of a results dict."""
+    m = r["machine"]
+    return (f"Command: `{r['command']}`; seed {r['seed']}; {r['seconds']:.0f} s on {m['machine']} "
+            f"({m['cpu_count']} CPUs, shared; torch {m['torch']}, {m['torch_threads']} thread).")
+
+
 def fmt(v: Any, d: int = 2) -> str:
     if v is None:
         return "–"
@@ -303,7 +325,7 @@ def pipeline(variant: str, b: DemoBudget, **kw: Any) -> PipelineConfig:
 
 __all__ = ["FULL", "SMOKE", "SIGMAS", "RESULTS", "Data", "Trunk", "make_data", "train_trunk", "finish_fpn", "branch",
            "predict_rows", "dense_region_errors", "summarize", "public_rows", "machine_info", "budget_dict",
-           "count_in_box", "fmt", "pipeline", "replace"]
+           "count_in_box", "fmt", "pipeline", "replace", "finish", "write_results", "command_line"]
 
 
 def bench_main(script: str, doc: str, run_fn: Callable[..., dict[str, Any]], argv: Sequence[str] | None) -> dict[str, Any]:

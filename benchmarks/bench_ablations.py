@@ -28,7 +28,6 @@ Per variant: MAE, RMSE, and dense MAE (Table 8 protocol) on the variant's *own* 
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -108,13 +107,10 @@ def run(out: Path, b: Any, *, smoke: bool, seed: int, verbose: bool, command: st
             else:
                 m.update(note=specs[name][1], train=info[name])
         table[name] = m
-    seconds["total"] = time.perf_counter() - t_start
-    result.update({"seconds": round(seconds["total"], 2), "seconds_detail": {k: round(v, 2) for k, v in seconds.items()},
-                   "dataset": data.info, "variants": table,
+    C.finish(result, seconds, t_start)
+    result.update({"dataset": data.info, "variants": table,
                    "per_image": {k: C.public_rows(v) for k, v in rows.items()}})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablations.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "ablations.md").write_text(markdown(result))
+    C.write_results(out, "ablations", result, markdown(result))
     return result
 
 
@@ -122,8 +118,7 @@ def markdown(r: dict[str, Any]) -> str:
     b, ds, f = r["budget"], r["dataset"], C.fmt
     lines = [
         "# AutoScale ablations (regression) on synthetic crowds", "",
-        f"Command: `{r['command']}`; seed {r['seed']}; {r['seconds']:.0f} s on {r['machine']['machine']} "
-        f"({r['machine']['cpu_count']} CPUs, shared; torch {r['machine']['torch']}, {r['machine']['torch_threads']} thread).", "",
+        C.command_line(r), "",
         f"Data: the `bench_synthetic.py` dataset ({ds['n_train']} train / {ds['n_test']} test images of "
         f"{ds['size_hw'][0]}x{ds['size_hw'][1]} px, test heads {ds['test_count_min']}-{ds['test_count_max']}, "
         f"mean {ds['test_count_mean']:.1f}; mean-count baseline MAE {ds['mean_baseline_mae']:.2f}). "

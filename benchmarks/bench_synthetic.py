@@ -25,7 +25,6 @@ Run from the project root (``--smoke``: seconds; default: ~20 min single-threade
 """
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -113,16 +112,13 @@ def run(out: Path, b: Any, *, smoke: bool, seed: int, verbose: bool, command: st
         "distance_label_f1_sigma4": dce["f1_sigma4"], "density_peaks_f1_sigma4": dp["f1_sigma4"],
         "distance_label_mae": dce["mae"], "density_peaks_mae": dp["mae"],
         "met": bool(dce["f1_sigma8"] > dp["f1_sigma8"])}
-    seconds["total"] = time.perf_counter() - t_start
-    result.update({"seconds": round(seconds["total"], 2), "seconds_detail": {k: round(v, 2) for k, v in seconds.items()},
-                   "dataset": data.info, "methods": methods, "targets": targets,
+    C.finish(result, seconds, t_start)
+    result.update({"dataset": data.info, "methods": methods, "targets": targets,
                    "dense_protocol": "Table 8: images where the AutoScale model of the same kind refined a region; GT "
                                      "heads in its region(s) vs each model's count in the same box(es): FPN first-pass "
                                      "count (density sum / points inside), AutoScale re-predicted count",
                    "per_image": {k: C.public_rows(v) for k, v in rows.items()}})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "synthetic.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "synthetic.md").write_text(markdown(result))
+    C.write_results(out, "synthetic", result, markdown(result))
     return result
 
 
@@ -130,8 +126,7 @@ def markdown(r: dict[str, Any]) -> str:
     b, ds, f = r["budget"], r["dataset"], C.fmt
     lines = [
         "# Synthetic crowds: FPN vs AutoScale, DCE vs CE, distance labels vs density peaks", "",
-        f"Command: `{r['command']}`; seed {r['seed']}; {r['seconds']:.0f} s on {r['machine']['machine']} "
-        f"({r['machine']['cpu_count']} CPUs, shared; torch {r['machine']['torch']}, {r['machine']['torch_threads']} thread).", "",
+        C.command_line(r), "",
         f"Data: {ds['n_train']} train / {ds['n_test']} test synthetic images of {ds['size_hw'][0]}x{ds['size_hw'][1]} px "
         f"(test heads per image {ds['test_count_min']}-{ds['test_count_max']}, mean {ds['test_count_mean']:.1f}); "
         f"predicting the mean train count gives MAE {ds['mean_baseline_mae']:.2f}.", "",
