@@ -31,3 +31,23 @@ def _seed_and_threads():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+def _load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (benchmarks/ goes on sys.path for their ``_common``)."""
+    import importlib.util
+    import sys
+
+    bench = ROOT / "benchmarks"
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def load_bench():
+    """``load_bench("bench_x")`` -> the imported benchmark script module."""
+    return _load_benchmark

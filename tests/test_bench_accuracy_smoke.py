@@ -9,11 +9,8 @@ they share (same seed, same trunk -> identical predictions).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,28 +20,19 @@ from scipy.optimize import linear_sum_assignment
 from autoscale.data.formats import read_dataset
 from autoscale.data.synth import generate_dataset
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 LOC_METHODS = ("fpn_localization", "autoscale_localization", "fpn_localization_ce", "fpn_density_peaks_sigma2")
 REG_METHODS = ("fpn_regression", "autoscale_regression")
 VARIANTS = ("fpn", "learned", "fixed_1.5", "fixed_2", "fixed_2.5", "fixed_3", "people_number",
             "dense_official_4x", "kernel_multiplied", "kernel_divided", "top2")
 
 
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, load_bench):
     out = tmp_path_factory.mktemp("bench_acc")
     threads = torch.get_num_threads()
     try:
-        syn = _load("bench_synthetic").main(["--smoke", "--out", str(out), "--quiet"])
-        abl = _load("bench_ablations").main(["--smoke", "--out", str(out), "--quiet"])
+        syn = load_bench("bench_synthetic").main(["--smoke", "--out", str(out), "--quiet"])
+        abl = load_bench("bench_ablations").main(["--smoke", "--out", str(out), "--quiet"])
     finally:
         torch.set_num_threads(threads)
     return syn, abl, out

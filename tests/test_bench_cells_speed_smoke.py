@@ -7,9 +7,7 @@ and GFLOP/s from their definitions, GT counts read from the .mat files with scip
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +16,15 @@ import scipy.io
 import torch
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def cells_mod(load_bench):
+    return load_bench("bench_cells")
 
 
 @pytest.fixture(scope="module")
-def cells_mod():
-    return _load("bench_cells")
-
-
-@pytest.fixture(scope="module")
-def speed_mod():
-    return _load("bench_speed")
+def speed_mod(load_bench):
+    return load_bench("bench_speed")
 
 
 def _red_points(rgb: np.ndarray) -> np.ndarray:

@@ -7,27 +7,15 @@ recomputed from the per-image rows, and the merge of two ``--variant`` runs into
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.io import loadmat
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_shanghaitech", BENCH / "bench_shanghaitech.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _mat_count(gt_dir: Path, name: str) -> int:
@@ -46,8 +34,8 @@ def _run(mod, args):
         torch.set_num_threads(threads)
 
 
-def test_part_b_two_variant_runs_merge(shared_data, tmp_path):
-    mod = _load()
+def test_part_b_two_variant_runs_merge(shared_data, tmp_path, load_bench):
+    mod = load_bench("bench_shanghaitech")
     root = shared_data / "shanghaitech"
     _run(mod, ["--smoke", "--part", "B", "--variant", "regression", "--root", str(root), "--out", str(tmp_path), "--quiet"])
     first = json.loads((tmp_path / "shanghaitech_b.json").read_text())
@@ -86,8 +74,8 @@ def test_part_b_two_variant_runs_merge(shared_data, tmp_path):
     assert all(f"| {n} |" in md for n in saved["methods"])
 
 
-def test_part_a_validation_split_is_carved_from_train(shared_data, tmp_path):
-    mod = _load()
+def test_part_a_validation_split_is_carved_from_train(shared_data, tmp_path, load_bench):
+    mod = load_bench("bench_shanghaitech")
     root = shared_data / "shanghaitech"
     res = _run(mod, ["--smoke", "--part", "A", "--variant", "regression", "--root", str(root), "--out", str(tmp_path),
                      "--quiet", "--seed", "3"])
@@ -102,22 +90,20 @@ def test_part_a_validation_split_is_carved_from_train(shared_data, tmp_path):
     assert (tmp_path / "shanghaitech_a_val.json").exists()
 
 
-def test_missing_root_is_a_clear_error(tmp_path):
-    mod = _load()
+def test_missing_root_is_a_clear_error(tmp_path, load_bench):
+    mod = load_bench("bench_shanghaitech")
     with pytest.raises(SystemExit, match="part_B.*not found"):
         mod.main(["--smoke", "--root", str(tmp_path), "--out", str(tmp_path)])
 
 
-def test_analysis_reproduces_the_benchmark_first_pass(shared_data, tmp_path):
+def test_analysis_reproduces_the_benchmark_first_pass(shared_data, tmp_path, load_bench):
     """analyze_shanghaitech.py re-loads the saved weights and recomputes the first-pass counts by its
     own path (resize in memory, plain counter forward): its test MAE must equal the benchmark's."""
-    mod = _load()
+    mod = load_bench("bench_shanghaitech")
     root = shared_data / "shanghaitech"
     res = _run(mod, ["--smoke", "--part", "B", "--variant", "regression", "--root", str(root), "--out", str(tmp_path),
                      "--quiet", "--save-dir", str(tmp_path / "w")])
-    spec = importlib.util.spec_from_file_location("analyze_shanghaitech", BENCH / "analyze_shanghaitech.py")
-    ana = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ana)
+    ana = load_bench("analyze_shanghaitech")
     out = _run(ana, ["--smoke", "--root", str(root), "--weights", str(tmp_path / "w"), "--out", str(tmp_path)])
     for name in ("fpn_regression", "autoscale_regression"):
         got = out["regression_counts"][name]

@@ -6,7 +6,6 @@ independently from the same seed.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,14 +19,10 @@ from autoscale.models.registry import get_model
 from autoscale.models.vgg import normalize
 from autoscale.targets import density_map
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inference.py"
-
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[dict, Path]:
-    spec = importlib.util.spec_from_file_location("bench_inference", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def tiny(tmp_path_factory, load_bench) -> tuple[dict, Path]:
+    mod = load_bench("bench_inference")
     out = tmp_path_factory.mktemp("bench")
     threads = torch.get_num_threads()
     try:
