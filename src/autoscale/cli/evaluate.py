@@ -1,5 +1,9 @@
 """``autoscale evaluate``: evaluate a checkpoint on a dataset split and write a report.
 
+``--points-from-density-peaks`` scores a regression model's density-map peaks as points;
+``--regions-from OTHER/per_image.csv`` scores GT and predicted counts inside the region boxes
+another evaluation refined (the Table 8 protocol across two models).
+
 Data come either from a training config / preset (``--config CONFIG|PRESET [key=value ...]``,
 :func:`autoscale.engine.config.load_config`: ``data.format``, ``data.root``, ``data.resize``,
 ``data.outside``) or directly from ``--format F --root DIR``. Any checkpoint can be evaluated on any
@@ -36,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-knn", action="store_true", help="skip the KNN-threshold localization metrics")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--points-from-density-peaks", action="store_true",
+                   help="regression models: score the density map's local maxima as points (P/R/F1, "
+                        "Table 12's density-peaks baseline); counts stay density sums")
+    p.add_argument("--regions-from", metavar="PER_IMAGE_CSV", default=None,
+                   help="another evaluation's per_image.csv: count GT heads and this model's prediction inside "
+                        "that evaluation's refined-region boxes (Table 8 across models; given_regions in metrics.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -70,16 +80,24 @@ def run(args: argparse.Namespace) -> int:
         sigmas = tuple(float(s) for s in args.sigmas.split(",") if s.strip())
     except ValueError:
         raise ConfigError(f"--sigmas must be comma-separated numbers, got {args.sigmas!r}") from None
+    given = None
+    if args.regions_from is not None:
+        from autoscale.engine.evaluate import read_region_boxes
+
+        given = read_region_boxes(args.regions_from)
     records = read_dataset(fmt, root, args.split, outside=outside)
     if args.limit:
         records = records[: args.limit]
     m = evaluate(args.checkpoint, records, pipeline_cfg=pipeline, out_dir=args.out, resize=resize,
                  single_pass=args.single_pass, sigmas=sigmas, knn=not args.no_knn, device=args.device,
-                 progress=not args.no_progress and sys.stderr.isatty())
+                 progress=not args.no_progress and sys.stderr.isatty(),
+                 points_from_density_peaks=args.points_from_density_peaks, given_regions=given)
     c = m["counting"]
     summary = {"images": m["num_images"], "mae": c["mae"], "rmse": c["rmse"], "nae": c["nae"]}
     if "localization" in m:
         summary["f1"] = {k: v["f1"] for k, v in m["localization"].items()}
+    if "given_regions" in m:
+        summary["given_regions"] = {k: m["given_regions"][k] for k in ("mae", "rmse", "n")}
     print(json.dumps(summary))
     print(f"report: {args.out}/report.md", file=sys.stderr)
     return 0

@@ -21,12 +21,31 @@ matplotlib is installed). Protocols (``reference/protocols-and-formats.md`` §B,
   second-pass count (AutoScale); MAE and RMSE for both.
 * **Scales / densities** (Fig. 9, 10): every refined region's scale factor; region density
   = GT people / region area (pixels) before, and / (area x s^2) after scaling.
+* **Density peaks as points** (``points_from_density_peaks``, Table 12's density-map
+  localization baseline): a regression model's people are the local maxima
+  (:func:`autoscale.postprocess.density_peaks`, its defaults) of its final density map (the map
+  :class:`autoscale.predict.Predictor` gives with ``points="peaks"``: the first-pass map with each
+  refined region replaced by its re-prediction). They are scored like a localization model's
+  points; the counting metrics stay the density sums, and the number of peaks per image is
+  scored separately (``points_count``).
+* **Given regions** (``given_regions``, Table 8 across models): boxes ``(x, y, w, h)`` in
+  original-image pixels per image name, e.g. the regions another model refined
+  (:func:`read_region_boxes` reads them from that evaluation's ``per_image.csv``). Each box is
+  mapped into the network-input frame (corners multiplied by the resize factors, rounded, clipped
+  to the image) and, summed over the image's boxes, the GT heads inside (the resized GT points,
+  the same rule as ``region_gt``) are compared with the evaluated model's count inside: the sum
+  of its final density map there (regression) or its points inside (localization, or density
+  peaks). Images without a box are not scored. Summary ``given_regions: {mae, rmse, n, ...}``.
 
 ``per_image.csv`` columns: ``image, gt, pred, first_pred, width, height`` (stored image),
 ``input_width, input_height`` (after the resize rule), ``abs_err``, ``group_<name>``,
 ``tp_/fp_/fn_<threshold>`` (localization), ``n_regions``, ``scales`` and ``region_boxes``
 (``;``-separated, boxes ``x y w h`` in network-input pixels), ``region_gt``, ``region_baseline``,
-``region_autoscale`` (summed over the image's refined regions; empty when none).
+``region_autoscale`` (summed over the image's refined regions; empty when none),
+``region_boxes_orig`` (the same boxes in original-image pixels, ``x y w h`` each divided by the
+resize factors; what ``given_regions`` / ``autoscale evaluate --regions-from`` read);
+``n_points`` (density-peaks mode), ``given_gt`` / ``given_pred`` (given regions; empty for an
+image without a box).
 """
 from __future__ import annotations
 
@@ -59,8 +78,9 @@ from autoscale.metrics import (
 )
 from autoscale.models.vgg import normalize
 from autoscale.pipeline import AutoScale, PipelineConfig
+from autoscale.postprocess import density_peaks
 
-__all__ = ["evaluate", "default_groups", "write_report"]
+__all__ = ["evaluate", "default_groups", "write_report", "read_region_boxes"]
 
 GroupFn = Callable[[ImageRecord, int], Hashable | None]
 
@@ -121,6 +141,59 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+Box = tuple[float, float, float, float]
+
+
+def _num(v: float) -> str:
+    """Compact exact-enough text of a pixel coordinate (4 decimals, trailing zeros dropped)."""
+    return f"{v:.4f}".rstrip("0").rstrip(".")
+
+
+def read_region_boxes(per_image_csv: str | PathLike[str]) -> dict[str, list[Box]]:
+    """Refined-region boxes per image name from an evaluation's ``per_image.csv``, as
+    ``(x, y, w, h)`` in original-image pixels: the ``region_boxes_orig`` column, or (files written
+    before it existed) ``region_boxes`` divided by the ``input_width / width`` and
+    ``input_height / height`` factors. Images without a region get an empty list."""
+    path = Path(per_image_csv)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise DataError(path, f"cannot read per-image CSV ({exc.strerror or exc})") from None
+    if not rows or "image" not in rows[0]:
+        raise DataError(path, "not an evaluation per_image.csv (no 'image' column or no rows)")
+    orig = "region_boxes_orig" in rows[0]
+    if not orig and not {"region_boxes", "width", "height", "input_width", "input_height"} <= set(rows[0]):
+        raise DataError(path, "per_image.csv has no region_boxes_orig / region_boxes columns")
+    out: dict[str, list[Box]] = {}
+    for lineno, r in enumerate(rows, start=2):
+        text = (r["region_boxes_orig"] if orig else r["region_boxes"]) or ""
+        fx = fy = 1.0
+        if not orig and text.strip():
+            fx = float(r["width"]) / float(r["input_width"])
+            fy = float(r["height"]) / float(r["input_height"])
+        boxes: list[Box] = []
+        for part in text.split(";"):
+            if not part.strip():
+                continue
+            try:
+                x, y, w, h = (float(v) for v in part.split())
+            except ValueError:
+                raise DataError(path, f"line {lineno}: bad box {part!r} (expected 'x y w h')") from None
+            boxes.append((x * fx, y * fy, w * fx, h * fy))
+        out[r["image"]] = boxes
+    return out
+
+
+def _input_box(box: Box, sx: float, sy: float, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """An original-pixel box in the network-input frame (corners scaled, rounded, clipped), or
+    None when nothing of it is left."""
+    x, y, w, h = box
+    x0, y0 = min(max(round(x * sx), 0), width), min(max(round(y * sy), 0), height)
+    x1, y1 = min(max(round((x + w) * sx), 0), width), min(max(round((y + h) * sy), 0), height)
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
 def evaluate(
     checkpoint_or_models: Any,
     records: Sequence[ImageRecord],
@@ -137,6 +210,8 @@ def evaluate(
     figures: bool = True,
     progress: bool = False,
     per_image: list[dict[str, Any]] | None = None,
+    points_from_density_peaks: bool = False,
+    given_regions: Mapping[str, Sequence[Box]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on ``records`` (see the module docstring for every protocol).
 
@@ -154,6 +229,11 @@ def evaluate(
         sigmas: fixed localization radii in original-image pixels.
         knn: also score at the KNN radius.
         groups: ``{name: fn(record, gt_count) -> label | None}``; None = :func:`default_groups`.
+        points_from_density_peaks: score a regression model's density peaks as points
+            (module docstring); P/R/F1 in ``localization``, peak counts in ``points_count``.
+        given_regions: ``{image name: [(x, y, w, h), ...]}`` boxes in original-image pixels
+            (:func:`read_region_boxes`); GT and model counts inside them per image
+            (``given_gt`` / ``given_pred``) and ``given_regions: {mae, rmse, n}`` in the metrics.
 
     Returns:
         The metrics.json content (NaN written as null).
@@ -172,13 +252,18 @@ def evaluate(
         raise DataError(None, "evaluate: no annotated records to evaluate")
     gfns = default_groups(recs) if groups is None else dict(groups)
     thr_names = [f"sigma_{g:g}" for g in sigmas] + (["knn"] if knn else [])
-    loc = cfg.variant == "localization"
+    if points_from_density_peaks and cfg.variant != "regression":
+        raise ConfigError("evaluate: points from density peaks need a regression model, "
+                          f"this one is {cfg.variant}")
+    loc = cfg.variant == "localization" or points_from_density_peaks
     match_results: dict[str, list] = {n: [] for n in thr_names}
     rows: list[dict[str, Any]] = []
     scales: list[float] = []
     reg_people: list[float] = []
     reg_area: list[float] = []
     dense: list[tuple[float, float, float]] = []  # (gt, baseline, autoscale) per refined image
+    given: list[tuple[float, float]] = []  # (gt, model) inside the given boxes, per image with a box
+    n_given_boxes = 0
     it = recs
     if progress:
         from tqdm import tqdm
@@ -198,12 +283,38 @@ def evaluate(
         row["abs_err"] = abs(row["pred"] - row["gt"])
         for gname, fn in gfns.items():
             row[f"group_{gname}"] = fn(rec, len(gt))
+        pts_in = None  # predicted points in the network-input frame
+        if points_from_density_peaks:
+            pts_in = density_peaks(res.map).reshape(-1, 2)
+            row["n_points"] = len(pts_in)
+        elif res.points is not None:
+            pts_in = res.points.reshape(-1, 2)
         if loc:
-            pred_pts = (res.points.reshape(-1, 2) / np.array([sx, sy])) if res.points is not None else np.zeros((0, 2))
+            pred_pts = pts_in / np.array([sx, sy]) if pts_in is not None else np.zeros((0, 2))
             thr = [float(s) for s in sigmas] + ([knn_thresholds(gt)] if knn else [])
             for name, mr in zip(thr_names, match_points_multi(pred_pts, gt, thr)):
                 match_results[name].append(mr)
                 row[f"tp_{name}"], row[f"fp_{name}"], row[f"fn_{name}"] = mr.tp, mr.fp, mr.fn
+        if given_regions is not None:
+            boxes = given_regions.get(rec.name) or []
+            if boxes:
+                hi, wi = img_r.shape[:2]
+                g_gt = g_pred = 0.0
+                for b in boxes:
+                    ib = _input_box(tuple(float(v) for v in b), sx, sy, wi, hi)
+                    if ib is None:
+                        continue
+                    bx, by, bw, bh = ib
+                    g_gt += float(len(T.region_points(gt_r, ib)))
+                    if pts_in is not None:
+                        g_pred += float(len(T.region_points(pts_in, ib)))
+                    else:
+                        g_pred += float(res.map[by:by + bh, bx:bx + bw].sum(dtype=np.float64))
+                n_given_boxes += len(boxes)
+                given.append((g_gt, g_pred))
+                row.update(given_gt=g_gt, given_pred=g_pred)
+            else:
+                row.update(given_gt="", given_pred="")
         rg = rb = ra = 0.0
         for r in res.regions:
             box = (r.region.x, r.region.y, r.region.w, r.region.h)
@@ -215,6 +326,9 @@ def evaluate(
         row["n_regions"] = len(res.regions)
         row["scales"] = ";".join(f"{r.scale:.4f}" for r in res.regions)
         row["region_boxes"] = ";".join(f"{r.region.x} {r.region.y} {r.region.w} {r.region.h}" for r in res.regions)
+        row["region_boxes_orig"] = ";".join(
+            " ".join(_num(v) for v in (r.region.x / sx, r.region.y / sy, r.region.w / sx, r.region.h / sy))
+            for r in res.regions)
         if res.regions:
             dense.append((rg, rb, ra))
             row.update(region_gt=rg, region_baseline=rb, region_autoscale=ra)
@@ -240,6 +354,14 @@ def evaluate(
         metrics["groups"][gname] = grouped_counting_metrics(pred[keep], gts[keep], [labels[i] for i in keep])
     if loc:
         metrics["localization"] = {n: localization_metrics(match_results[n]) for n in thr_names}
+    if points_from_density_peaks:
+        metrics["points_count"] = counting_metrics(np.array([r["n_points"] for r in rows], dtype=np.float64), gts)
+    if given_regions is not None:
+        gv = np.asarray(given, dtype=np.float64).reshape(-1, 2)
+        gm = counting_metrics(gv[:, 1], gv[:, 0])
+        metrics["given_regions"] = {"mae": gm["mae"], "rmse": gm["rmse"], "n": int(len(gv)),
+                                    "boxes": n_given_boxes,
+                                    "count_from": "points" if (loc or points_from_density_peaks) else "density"}
     d = np.asarray(dense, dtype=np.float64).reshape(-1, 3)
     bm, am = counting_metrics(d[:, 1], d[:, 0]), counting_metrics(d[:, 2], d[:, 0])
     metrics["dense_regions"] = {
@@ -257,6 +379,7 @@ def evaluate(
                          "max": float(s.max()) if s.size else float("nan")}
     metrics["region_density"] = {"before": before, "after": after}
     metrics["settings"] = {"resize": rule.name, "sigmas": list(sigmas), "knn": bool(knn),
+                           "points_from": "density_peaks" if points_from_density_peaks else ("model" if loc else None),
                            "pipeline": asdict(cfg), "checkpoint": info, "device": str(dev)}
     metrics = _clean(metrics)
     if out_dir is not None:
@@ -328,6 +451,15 @@ def write_report(metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], 
               "| model | MAE | RMSE (MSE) |", "|---|---|---|",
               f"| baseline (first pass in region) | {_fmt(dr['baseline']['mae'])} | {_fmt(dr['baseline']['rmse'])} |",
               f"| AutoScale (re-prediction) | {_fmt(dr['autoscale']['mae'])} | {_fmt(dr['autoscale']['rmse'])} |", ""]
+    if "points_count" in metrics:
+        pc = metrics["points_count"]
+        lines += ["## Density peaks as points", "",
+                  f"Count = number of peaks: MAE {_fmt(pc['mae'])}, RMSE {_fmt(pc['rmse'])}.", ""]
+    if "given_regions" in metrics:
+        g = metrics["given_regions"]
+        lines += ["## Given regions", "",
+                  f"{g['n']} images with {g['boxes']} given box(es); GT heads inside vs the model's count there "
+                  f"({g['count_from']}): MAE {_fmt(g['mae'])}, RMSE {_fmt(g['rmse'])}.", ""]
     s = metrics["scales"]
     lines += ["## Scale factors", "", f"n = {s['n']}, mean {_fmt(s['mean'], 3)}, median {_fmt(s['median'], 3)}, "
               f"min {_fmt(s['min'], 3)}, max {_fmt(s['max'], 3)}.", ""]
