@@ -57,9 +57,9 @@ def main(argv: list[str]) -> int:
         return 2
     job, rest = argv[0], argv[1:]
     if job == "test":
-        py = setup("dev,viz,onnx")
+        py = setup("dev,viz,onnx,pretrained")
         return subprocess.run([str(py), "-m", "pytest", "-q", *rest], cwd=ROOT).returncode
-    py = setup("viz")
+    py = setup("viz,pretrained")
     if job == "setup":
         return 0
     return subprocess.run([str(py), "-m", "autoscale", *(rest or ["demo", "--out", "demo_out"])], cwd=ROOT).returncode

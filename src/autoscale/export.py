@@ -1,7 +1,9 @@
 """ONNX export of the single-pass counting network (the FPN): normalised image -> final map.
 
-The exported graph takes ``image``: float32 ``(1, 3, H, W)``, ImageNet-normalised
-(:func:`autoscale.models.vgg.normalize`), and returns ``map``: ``(1, 1, H, W)`` density (people per
+The exported graph takes ``image``: float32 ``(1, 3, H, W)``, normalised as the checkpoint says
+(``x = (rgb / 255 - mean) / std``: ImageNet's mean/std for VGG, 0.5/0.5 for EfficientNet-Lite;
+the values are stored in the ONNX file's metadata as ``normalization_mean`` /
+``normalization_std`` JSON lists and returned by :func:`export_onnx`), and returns ``map``: ``(1, 1, H, W)`` density (people per
 pixel; the count is its sum) for regression or ``(1, K, H, W)`` class logits for localization
 (argmax = distance class; heads are the regional minima, :func:`autoscale.postprocess.count_people`).
 H and W are dynamic axes when the exporter keeps them dynamic (checked at two sizes after export).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from os import PathLike
 from pathlib import Path
@@ -25,6 +28,7 @@ import torch
 from torch import nn
 
 from autoscale.errors import AutoScaleError
+from autoscale.pipeline import PipelineConfig
 
 __all__ = ["FinalMap", "export_onnx", "check_onnx"]
 
@@ -48,16 +52,17 @@ def _require(module: str) -> Any:
                              f"(missing: {module})") from None
 
 
-def _fpn_from(obj: Any) -> tuple[nn.Module, str]:
+def _fpn_from(obj: Any) -> tuple[nn.Module, str, tuple[Any, Any]]:
+    """``(fpn, variant, (mean, std))`` of a checkpoint, an :class:`AutoScale` or an FPN module."""
     from autoscale.pipeline import AutoScale
     from autoscale.predict import load_autoscale
 
-    if isinstance(obj, AutoScale):
-        return obj.counter, obj.config.variant
-    if isinstance(obj, nn.Module):
-        return obj, "localization" if getattr(obj, "num_classes", 1) > 1 else "regression"
-    model, _ = load_autoscale(obj)
-    return model.counter, model.config.variant
+    if not isinstance(obj, AutoScale) and isinstance(obj, nn.Module):
+        variant = "localization" if getattr(obj, "num_classes", 1) > 1 else "regression"
+        obj = AutoScale(obj, None, PipelineConfig(variant=variant))
+    elif not isinstance(obj, AutoScale):
+        obj, _ = load_autoscale(obj)
+    return obj.counter, obj.config.variant, obj.normalization
 
 
 def check_onnx(path: str | PathLike[str], module: nn.Module, sizes: list[tuple[int, int]], *, rtol: float = 1e-4,
@@ -114,7 +119,7 @@ def export_onnx(
     onnx = _require("onnx")
     if height < 16 or width < 16:
         raise AutoScaleError(f"export size must be at least 16x16 pixels, got {height}x{width}")
-    fpn, variant = _fpn_from(checkpoint_or_model)
+    fpn, variant, (mean, std) = _fpn_from(checkpoint_or_model)
     module = FinalMap(fpn).eval().cpu()
     path = Path(out)
     try:
@@ -129,6 +134,10 @@ def export_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["image"],
                               output_names=["map"], dynamic_axes=axes, do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        for key, val in (("normalization_mean", mean), ("normalization_std", std)):
+            proto.metadata_props.add(key=key, value=json.dumps([float(v) for v in val]))
+        onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
         checks: list[dict[str, Any]] = []
         if check:
@@ -143,6 +152,7 @@ def export_onnx(
         tmp.unlink(missing_ok=True)
         raise AutoScaleError(f"ONNX export failed ({type(exc).__name__}: {exc})") from None
     return {"path": str(path), "variant": variant, "opset": opset, "dynamic": dynamic,
-            "input": "image float32 (1, 3, H, W) ImageNet-normalised",
+            "input": "image float32 (1, 3, H, W), (rgb / 255 - mean) / std",
+            "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
             "output": "map (1, 1, H, W) density" if variant == "regression" else "map (1, K, H, W) class logits",
             "checks": checks}

@@ -32,6 +32,7 @@ from autoscale import targets as T
 from autoscale.dense_region import Region, dense_mask_localization, dense_mask_regression, select_dense_regions
 from autoscale.losses import CenterLoss, decode_classes, deep_supervision_mse, dynamic_cross_entropy, cross_entropy, focal_loss, ordinal_regression_loss
 from autoscale.models.l2s import roi_features, zoom_region
+from autoscale.models.vgg import IMAGENET_MEAN, IMAGENET_STD, normalize
 from autoscale.postprocess import count_people, map_points_back
 
 Variant = Literal["regression", "localization"]
@@ -140,13 +141,31 @@ def _map_count(variant: Variant, final: torch.Tensor, cfg: PipelineConfig) -> tu
 class AutoScale(nn.Module):
     """The counter (an FPN) plus the L2S network, wired as the paper's two-pass pipeline."""
 
-    def __init__(self, counter: nn.Module, l2s: nn.Module | None, config: PipelineConfig | None = None):
+    def __init__(self, counter: nn.Module, l2s: nn.Module | None, config: PipelineConfig | None = None,
+                 normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
         super().__init__()
         self.counter = counter
         self.l2s = l2s
         self.config = config or PipelineConfig()
+        self._normalization = normalization
 
     # -- pieces -------------------------------------------------------------------------------
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` of the counter's input in [0, 1] RGB units: as given (a checkpoint's
+        ``normalization``), else the counter's, else ImageNet's."""
+        if self._normalization is not None:
+            return self._normalization
+        counter = getattr(self.counter, "module", self.counter)
+        return getattr(counter, "normalization", (IMAGENET_MEAN, IMAGENET_STD))
+
+    def prepare(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """An RGB image (``uint8 (H, W, 3)`` array, or a ``(3, H, W)``/``(1, 3, H, W)`` tensor,
+        uint8 or float in [0, 1]) as the normalised ``(1, 3, H, W)`` float32 input of the counter,
+        on the counter's device."""
+        device = next(self.counter.parameters()).device
+        return normalize(image, *self.normalization).to(device)
+
     def dense_regions(self, first_map: np.ndarray) -> list[Region]:
         """Dense regions of a first-pass map (density or class map), gated by J."""
         cfg = self.config

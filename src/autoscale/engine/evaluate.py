@@ -76,7 +76,6 @@ from autoscale.metrics import (
     localization_metrics,
     match_points_multi,
 )
-from autoscale.models.vgg import normalize
 from autoscale.pipeline import AutoScale, PipelineConfig
 from autoscale.postprocess import density_peaks
 
@@ -276,7 +275,7 @@ def evaluate(
         gt = gt[inside_mask(gt, W, H)]
         img_r, gt_r, sx, sy = rule.apply(img, gt)
         with torch.inference_mode():
-            res = model.predict(normalize(img_r).to(dev), single_pass=single_pass)
+            res = model.predict(model.prepare(img_r), single_pass=single_pass)
         row: dict[str, Any] = {"image": rec.name, "gt": len(gt), "pred": float(res.count),
                                "first_pred": float(res.first_count), "width": W, "height": H,
                                "input_width": img_r.shape[1], "input_height": img_r.shape[0]}

@@ -22,6 +22,7 @@ the continued run computes the same losses as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import math
@@ -31,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,13 @@ from autoscale.engine.dataset import build_dataset, collate, resolve_sigma
 from autoscale.errors import AutoScaleError, CheckpointError, ConfigError
 from autoscale.losses import CenterLoss, num_output_channels
 from autoscale.metrics import counting_metrics
-from autoscale.models.registry import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, get_model
+from autoscale.models.checkpoint import cpu_state_dict, make_checkpoint
+from autoscale.models.init import ScaledCounter, unwrap_counter
+from autoscale.models.registry import get_model
 from autoscale.pipeline import AutoScale, PipelineConfig, joint_loss, pixel_loss
 
-__all__ = ["TrainResult", "train", "build_model", "resolve_device", "model_checkpoint", "RUN_MARKER"]
+__all__ = ["TrainResult", "train", "build_model", "resolve_device", "model_checkpoint", "lr_factor", "write_model_card",
+           "RUN_MARKER"]
 
 RUN_MARKER = "run.json"
 
@@ -101,31 +105,76 @@ def _model_spec(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
 
 def build_model(cfg: TrainConfig) -> AutoScale:
     """The counter (+ L2S for ``method="autoscale"``) wired as :class:`AutoScale`, initialised
-    from ``cfg.seed`` (and ``model.imagenet`` weights when given)."""
+    from ``cfg.seed`` (``model.init``, then ``model.imagenet`` weights when given). A regression
+    counter with ``model.output_scale != 1`` is wrapped in a :class:`ScaledCounter` (factor
+    ``1 / output_scale``), so the network itself learns ``output_scale`` x density."""
     torch.manual_seed(cfg.seed)
     name, kwargs = _model_spec(cfg)
-    counter = get_model(name, **kwargs, imagenet=cfg.model.imagenet, official_init=cfg.model.official_init)
+    counter = get_model(name, **kwargs, init=cfg.model.init, imagenet=cfg.model.imagenet,
+                        official_init=cfg.model.official_init)
+    if cfg.model.variant == "regression" and cfg.model.output_scale != 1.0:
+        counter = ScaledCounter(counter, 1.0 / cfg.model.output_scale)
     l2s = None
     if cfg.method == "autoscale" and cfg.pipeline.fixed_scale is None:
         l2s = get_model(f"l2s_{cfg.model.variant}", in_channels=counter.feature_channels, official=cfg.model.l2s_official)
     return AutoScale(counter, l2s, _pipeline_config(cfg))
 
 
-def model_checkpoint(model: AutoScale, cfg: TrainConfig) -> dict[str, Any]:
-    """The registry's model-checkpoint part (readable by ``build_from_checkpoint``) + pipeline,
-    config, method and code version."""
+def model_checkpoint(model: AutoScale, cfg: TrainConfig, **extra: Any) -> dict[str, Any]:
+    """The model checkpoint of a training model (:func:`autoscale.models.checkpoint.make_checkpoint`:
+    output factor folded, normalisation recorded) + pipeline, config, method and code version."""
     name, kwargs = _model_spec(cfg)
-    counter = getattr(model.counter, "module", model.counter)
-    l2s = model.l2s
-    return {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "variant": cfg.model.variant,
-        "model": {"name": name, "kwargs": kwargs},
-        "state_dict": {k: v.detach().cpu().clone() for k, v in counter.state_dict().items()},
-        "l2s_state_dict": None if l2s is None else {k: v.detach().cpu().clone() for k, v in l2s.state_dict().items()},
-        "l2s": None if l2s is None else {"head": l2s.head, "bound": l2s.bound, "pool": l2s.pool},
-        "pipeline": config_to_dict(model.config), "config": config_to_dict(cfg),
-        "code_version": code_version(), "method": cfg.method,
+    return make_checkpoint(model.counter, model.l2s, variant=cfg.model.variant, model_name=name,
+                           model_kwargs=kwargs, pipeline=config_to_dict(model.config),
+                           config=config_to_dict(cfg), code_version=code_version(), method=cfg.method, **extra)
+
+
+def lr_factor(step: int, steps_per_epoch: int, o: Any) -> float:
+    """The learning-rate multiplier at optimiser step ``step`` (0-based) of the schedule ``o``
+    (:class:`OptimConfig`: ``schedule``, ``warmup_epochs``, ``min_lr_ratio``, ``milestones``,
+    ``gamma``) over ``o.epochs * steps_per_epoch`` steps."""
+    total = max(1, o.epochs * steps_per_epoch)
+    warm = o.warmup_epochs * steps_per_epoch
+    if warm > 0 and step < warm:
+        return (step + 1) / warm
+    if o.schedule == "cosine":
+        t = min(max((step - warm) / max(total - warm, 1.0), 0.0), 1.0)
+        return o.min_lr_ratio + 0.5 * (1.0 - o.min_lr_ratio) * (1.0 + math.cos(math.pi * t))
+    if o.schedule == "step":
+        epoch = step // max(steps_per_epoch, 1)
+        return o.gamma ** sum(epoch >= m for m in o.milestones)
+    return 1.0
+
+
+def _freeze_backbone_bn(counter: torch.nn.Module) -> None:
+    """Put the backbone's BatchNorm layers in eval mode (running statistics frozen)."""
+    fpn, _ = unwrap_counter(counter)
+    for m in fpn.backbone.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def write_model_card(ckpt_path: Path, ckpt: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """``<name>.json`` beside ``<name>.pt``: backbone, data, resolution, epochs, CPU minutes, metrics."""
+    c = ckpt.get("config") or {}
+    d, m, o = c.get("data", {}), c.get("model", {}), c.get("optim", {})
+    card = {
+        "checkpoint": ckpt_path.name, "variant": ckpt["variant"], "method": ckpt.get("method"),
+        "model": ckpt["model"], "backbone": ckpt["model"]["kwargs"].get("backbone"),
+        "imagenet": m.get("imagenet"), "normalization": ckpt.get("normalization"),
+        "data": {k: d.get(k) for k in ("format", "root", "train_split", "val_split", "limit")},
+        "resolution": {"resize": d.get("resize"), "crop": d.get("crop"), "scale_range": d.get("scale_range")},
+        "epochs": ckpt.get("epoch"), "epochs_planned": o.get("epochs"), "steps": ckpt.get("step"),
+        "cpu_minutes": round(float(ckpt.get("cpu_seconds", 0.0)) / 60.0, 3),
+        "metrics": ckpt.get("metrics") or {}, "code_version": ckpt.get("code_version"),
+        "use": f"autoscale predict IMAGES --checkpoint {ckpt_path} --out OUT",
     }
+    card.update(extra or {})
+    path = ckpt_path.with_suffix(".json")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(card, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
@@ -227,10 +276,11 @@ def validate(model: AutoScale, dataset: Any, cfg: TrainConfig, device: torch.dev
     model.eval()
     rows = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for i in range(info.rank, len(dataset), info.world_size):
         s = dataset[i]
         with autocast:
-            res = model.predict(s["image"][None].to(device), single_pass=cfg.method == "fpn")
+            res = model.predict(s["image"][None].to(device, memory_format=fmt), single_pass=cfg.method == "fpn")
         rows.append((i, float(res.count), float(res.first_count), float(s["count"])))
     model.train(was_training)
     rows = sorted(r for part in D.gather_objects(rows, info) for r in part)
@@ -243,9 +293,11 @@ def validate(model: AutoScale, dataset: Any, cfg: TrainConfig, device: torch.dev
 
 
 # ------------------------------------------------------------------------------------- train
-def train(cfg: TrainConfig, resume: bool | str | os.PathLike[str] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool | str | os.PathLike[str] | None = None, *,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train as configured; see the module docstring. ``resume``: True = ``<out>/last.pt``, or a
-    checkpoint path. Returns :class:`TrainResult` (``interrupted`` after SIGINT/SIGTERM)."""
+    checkpoint path. ``on_epoch``: called (main process) with each epoch's history row.
+    Returns :class:`TrainResult` (``interrupted`` after SIGINT/SIGTERM)."""
     device = resolve_device(cfg.device)
     info = D.init_distributed(device)
     if info.enabled and device.type == "cuda":
@@ -257,19 +309,38 @@ def train(cfg: TrainConfig, resume: bool | str | os.PathLike[str] | None = None)
         if cfg.deterministic and device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
-        return _train(cfg, resume, device, info, out)
+        return _train(cfg, resume, device, info, out, on_epoch)
     finally:
         if cfg.deterministic and device.type == "cuda":
             torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
         D.cleanup()
 
 
-def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo, out: Path) -> TrainResult:
+def _load_init_from(cfg: TrainConfig) -> dict[str, Any]:
+    """The FPN training checkpoint ``cfg.init_from``, checked to fit this run."""
+    path = Path(cfg.init_from)
+    ck = load_training_checkpoint(path)
+    name, kwargs = _model_spec(cfg)
+    if ck["method"] != "fpn" or ck["variant"] != cfg.model.variant:
+        raise CheckpointError(f"{path}: init_from needs an FPN {cfg.model.variant} training checkpoint, "
+                              f"got a {ck['method']}/{ck['variant']} one")
+    if ck["model"]["name"] != name or ck["model"]["kwargs"] != kwargs:
+        raise CheckpointError(f"{path}: init_from model {ck['model']} differs from this config's "
+                              f"{{'name': {name!r}, 'kwargs': {kwargs}}}")
+    if int(ck["batch_in_epoch"]) != 0:
+        raise CheckpointError(f"{path}: init_from needs a checkpoint saved at an epoch boundary "
+                              f"(use keep_epochs=[N] in the FPN run)")
+    return ck
+
+
+def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo, out: Path,
+           on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     ckpt_path: Path | None = None
     if resume:
         ckpt_path = out / "last.pt" if resume is True else Path(resume)
         if not ckpt_path.is_file():
             raise CheckpointError(f"{ckpt_path}: no checkpoint to resume from")
+    parent = _load_init_from(cfg) if cfg.init_from and ckpt_path is None else None
     if info.is_main:
         _prepare_out(out, resume=bool(resume))
         (out / RUN_MARKER).write_text(json.dumps({"autoscale_train": True, "config": config_to_dict(cfg),
@@ -286,25 +357,51 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
         val_ds = build_dataset(cfg, cfg.data.val_split, train=False, limit=cfg.data.val_limit)
 
     model = build_model(cfg).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     counter, l2s = model.counter, model.l2s
+    fpn, out_factor = unwrap_counter(counter)
     center = None
     if cfg.method == "autoscale" and l2s is not None:
         center = CenterLoss(o.center_mode, init=o.center_init, alpha=o.center_lr).to(device)
-    groups = [{"params": list(counter.parameters()), "lr": o.lr, "weight_decay": o.weight_decay, "name": "counter"}]
+    groups = [{"params": list(counter.parameters()), "lr": o.lr, "base_lr": o.lr, "weight_decay": o.weight_decay,
+               "name": "counter"}]
     if l2s is not None:
-        groups.append({"params": list(l2s.parameters()), "lr": o.l2s_lr or o.lr, "weight_decay": o.weight_decay, "name": "l2s"})
+        groups.append({"params": list(l2s.parameters()), "lr": o.l2s_lr or o.lr, "base_lr": o.l2s_lr or o.lr,
+                       "weight_decay": o.weight_decay, "name": "l2s"})
     if center is not None and o.center_mode == "official":
-        groups.append({"params": list(center.parameters()), "lr": o.center_lr, "weight_decay": 0.0, "name": "center"})
+        groups.append({"params": list(center.parameters()), "lr": o.center_lr, "base_lr": o.center_lr,
+                       "weight_decay": 0.0, "name": "center"})
     optimizer = torch.optim.Adam(groups)
 
-    epoch, batch_in_epoch, step, history, best_mae = 0, 0, 0, [], None
+    epoch, batch_in_epoch, step, history, best_mae, cpu_base = 0, 0, 0, [], None, 0.0
+    if parent is not None:
+        # Branch off an FPN run: its weights, a copy of its Adam state (the parent's tensors must
+        # never be shared) for the counter group, its position and RNG; new groups start fresh.
+        fpn.load_state_dict(parent.get("train_state_dict") or parent["state_dict"])
+        opt_state = copy.deepcopy(parent["optimizer"])
+        if len(opt_state["param_groups"]) != 1:
+            raise CheckpointError(f"{cfg.init_from}: expected one optimiser group (counter), "
+                                  f"got {len(opt_state['param_groups'])}")
+        first = torch.optim.Adam([groups[0]])
+        first.load_state_dict(opt_state)
+        first.param_groups[0].update(base_lr=o.lr, weight_decay=o.weight_decay, name="counter")
+        for g in groups[1:]:
+            first.add_param_group(g)
+        optimizer, groups = first, first.param_groups
+        epoch, step = int(parent["epoch"]), int(parent["step"])
+        history = [dict(r, source="init_from") for r in parent["history"]]
+        cpu_base = float(parent.get("cpu_seconds", 0.0))
+        set_rng_state(parent["rng"])
+        if info.is_main:
+            print(f"autoscale train: starting from {cfg.init_from} (epoch {epoch}, step {step})", file=sys.stderr)
     if ckpt_path is not None:
         ck = load_training_checkpoint(ckpt_path)
         if ck["method"] != cfg.method or ck["variant"] != cfg.model.variant:
             raise CheckpointError(f"{ckpt_path}: a {ck['method']}/{ck['variant']} run, but the config asks for "
                                   f"{cfg.method}/{cfg.model.variant}")
         try:
-            counter.load_state_dict(ck["state_dict"])
+            fpn.load_state_dict(ck.get("train_state_dict") or ck["state_dict"])
             if l2s is not None:
                 l2s.load_state_dict(ck["l2s_state_dict"])
             if center is not None:
@@ -314,6 +411,7 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
             raise CheckpointError(f"{ckpt_path}: does not match this config's model ({str(exc).splitlines()[0]})") from None
         epoch, batch_in_epoch, step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["step"])
         history, best_mae = list(ck["history"]), ck["best_mae"]
+        cpu_base = float(ck.get("cpu_seconds", 0.0))
         set_rng_state(ck["rng"])
         if info.is_main:
             print(f"autoscale train: resumed {ckpt_path} at epoch {epoch}, batch {batch_in_epoch}, step {step}",
@@ -333,17 +431,31 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
     best_path, last_path = out / "best.pt", out / "last.pt"
     result = TrainResult(out_dir=out, best_checkpoint=best_path if best_path.exists() else None, last_checkpoint=last_path)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    # Regression with an output factor: scale the loss back by output_scale^2 for the backward pass
+    # so the gradients keep their magnitude against Adam's epsilon (logged losses stay unscaled).
+    grad_scale = cfg.model.output_scale ** 2 if cfg.model.variant == "regression" else 1.0
+    cpu0 = time.process_time()
 
     def save(path: Path, metrics: dict[str, Any] | None = None) -> None:
         if not info.is_main:
             return
-        payload = model_checkpoint(model, cfg)
-        payload.update({
-            "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-            "optimizer": optimizer.state_dict(), "center": None if center is None else center.state_dict(),
-            "rng": rng_state(), "history": history, "best_mae": best_mae, "metrics": metrics or {},
-        })
+        payload = model_checkpoint(
+            model, cfg, epoch=epoch, batch_in_epoch=batch_in_epoch, step=step,
+            optimizer=optimizer.state_dict(), center=None if center is None else center.state_dict(),
+            rng=rng_state(), history=history, best_mae=best_mae, metrics=metrics or {},
+            cpu_seconds=cpu_base + time.process_time() - cpu0)
+        if out_factor != 1.0:  # the unfolded weights, for an exact resume
+            payload["train_state_dict"] = cpu_state_dict(fpn)
         save_atomic(payload, path)
+        write_model_card(path, payload)
+
+    def train_mode() -> None:
+        model.train()
+        if center is not None:
+            center.train()
+        if cfg.model.freeze_bn:
+            _freeze_backbone_bn(counter)
 
     def sync_center_step() -> None:
         if center is None or center.mode != "paper":
@@ -352,9 +464,7 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
         D.all_reduce_sum(center.acc_count, info)
         center.step_center()
 
-    model.train()
-    if center is not None:
-        center.train()
+    train_mode()
     steps_per_epoch = len(base_sampler) // o.batch_size + (len(base_sampler) % o.batch_size > 0)
     stop = _StopFlag()
     with stop:
@@ -376,7 +486,7 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
                 n_img = len(batch["name"])
                 loss = None
                 for img, pts, tgt in _samples(batch):
-                    img, tgt = img[None].to(device), _move_target(tgt, device)
+                    img, tgt = img[None].to(device, memory_format=fmt), _move_target(tgt, device)
                     with autocast():
                         if cfg.method == "autoscale":
                             bd = joint_loss(train_model, img, pts, tgt, center, reduction=o.loss_reduction, refine=True)
@@ -390,8 +500,11 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
                 if not torch.isfinite(loss):
                     raise AutoScaleError(f"non-finite training loss at epoch {epoch + 1}, step {step + 1} "
                                          f"(images {batch['name']}); lower optim.lr or check the data")
+                factor = lr_factor(step, steps_per_epoch, o)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * factor
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * grad_scale if grad_scale != 1.0 else loss).backward()
                 D.all_reduce_grads(manual_sync, info)
                 if o.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], o.grad_clip)
@@ -433,22 +546,27 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
             batch_in_epoch = 0
             row: dict[str, Any] = {"epoch": epoch, "step": step}
             row.update({k: v / max(n_steps, 1) for k, v in sums.items()})
-            row["lr"] = o.lr
+            row["lr"] = o.lr * lr_factor(step - 1, steps_per_epoch, o)
             if center is not None:
                 row["center"] = float(center.center.detach())
             row["time_s"] = round(time.perf_counter() - t0, 3)
             metrics: dict[str, Any] = {}
             if val_ds is not None and epoch % cfg.val_every == 0:
                 metrics = validate(model, val_ds, cfg, device, info)
+                train_mode()
                 row.update(metrics)
             history.append(row)
             if metrics and (best_mae is None or metrics["val_mae"] < best_mae):
                 best_mae = metrics["val_mae"]
                 save(best_path, metrics)
                 result.best_checkpoint = best_path
+            if epoch in cfg.keep_epochs:
+                save(out / f"epoch_{epoch}.pt", metrics)
             save(last_path, metrics)
             if info.is_main:
                 _write_history(out, history)
+                if on_epoch is not None:
+                    on_epoch(row)
                 if writer is not None:
                     for k, v in row.items():
                         if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):

@@ -1,0 +1,191 @@
+"""Engine options the demo and the benchmarks train with: learning-rate schedules, init schemes,
+output scaling folded at save, branching an AutoScale run off an FPN checkpoint (``init_from``),
+checkpoints kept at chosen epochs with model cards, the in-memory sample cache, frozen backbone
+BatchNorm, bf16 + channels_last."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from autoscale.data.formats import read_dataset
+from autoscale.data.synth import generate_dataset
+from autoscale.engine.config import OptimConfig, config_from_dict
+from autoscale.engine.dataset import CrowdDataset
+from autoscale.engine.trainer import build_model, lr_factor, train
+from autoscale.errors import CheckpointError
+from autoscale.models.init import ScaledCounter, fold_output_scale, init_weights
+from autoscale.models.registry import build_from_checkpoint, get_model, load_checkpoint
+from autoscale.predict import load_autoscale
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, n=6, size=(48, 64), splits={"train": 4 / 6, "val": 2 / 6})
+    return root
+
+
+def _cfg(root, out, **kw):
+    d = {"data": {"root": str(root), "sigma": 2.0, "flip": True, "noise_prob": 0.0},
+         "model": {"variant": "regression", "width": 0.0625},
+         "optim": {"lr": 1e-3, "epochs": 3, "batch_size": 1},
+         "method": "fpn", "device": "cpu", "out": str(out), "progress": False, "tensorboard": False, "val_every": 0}
+    for key, value in kw.items():
+        sec, _, name = key.rpartition("__")
+        (d.setdefault(sec, {}) if sec else d)[name] = value
+    return config_from_dict(d)
+
+
+def _state(path):
+    ck = load_checkpoint(path)
+    return ck.get("train_state_dict") or ck["state_dict"]
+
+
+# ------------------------------------------------------------------------------ schedules
+def test_lr_factor_by_hand():
+    cos = OptimConfig(epochs=4, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(0, 10, cos) == pytest.approx(1.0)
+    assert lr_factor(20, 10, cos) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(40, 10, cos) == pytest.approx(0.1)
+    warm = OptimConfig(epochs=4, schedule="cosine", warmup_epochs=1.0)
+    assert [lr_factor(s, 10, warm) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor(10, 10, warm) == pytest.approx(1.0)  # cosine starts after the warm-up
+    assert lr_factor(25, 10, warm) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    step = OptimConfig(epochs=10, schedule="step", milestones=(3, 6), gamma=0.5)
+    assert [lr_factor(e * 7, 7, step) for e in (0, 2, 3, 5, 6, 9)] == pytest.approx([1, 1, .5, .5, .25, .25])
+    assert lr_factor(123, 7, OptimConfig()) == 1.0
+
+
+def test_history_lr_follows_the_schedule(synth, tmp_path):
+    cfg = _cfg(synth, tmp_path / "r", optim__schedule="cosine", optim__min_lr_ratio=0.2)
+    res = train(cfg)
+    n = 4  # train images, batch 1
+    for row in res.history:  # the rate of each epoch's last step
+        t = (row["epoch"] * n - 1) / (3 * n)
+        assert row["lr"] == pytest.approx(1e-3 * (0.2 + 0.4 * (1 + math.cos(math.pi * t))))
+
+
+# ------------------------------------------------------------------------------ init, output scale
+def test_init_schemes():
+    torch.manual_seed(0)
+    fpn = get_model("fpn_regression", width=0.25)
+    init_weights(fpn, "kaiming")
+    w = fpn.backbone.features[2].weight.detach()  # 3x3 conv, fan_in = 9 * in_channels
+    assert float(w.std()) == pytest.approx(math.sqrt(2 / (9 * w.shape[1])), rel=0.15)
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in fpn.modules() if isinstance(m, torch.nn.Conv2d))
+    init_weights(fpn, "official")
+    assert float(w.std()) == pytest.approx(0.01, rel=0.15)
+    with pytest.raises(ValueError):
+        init_weights(fpn, "xavier")
+
+
+def test_fold_output_scale_is_exact() -> None:
+    torch.manual_seed(0)
+    fpn = get_model("fpn_regression", width=0.0625).eval()
+    for p in fpn.parameters():  # non-trivial biases so the dsn6 bias term matters
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(1, 3, 33, 41)
+    with torch.no_grad():
+        ref = fpn(x)
+        fold_output_scale(fpn, 0.01)
+        got = fpn(x)
+    torch.testing.assert_close(got.final, ref.final * 0.01, rtol=1e-4, atol=1e-6)
+    for a, b in zip(got.side, ref.side):
+        torch.testing.assert_close(a, b * 0.01, rtol=1e-4, atol=1e-6)
+
+
+def test_output_scale_is_folded_into_saved_weights_and_resume_is_exact(synth, tmp_path):
+    cfg = _cfg(synth, tmp_path / "a", model__output_scale=100.0, model__init="kaiming")
+    model = build_model(cfg)
+    assert isinstance(model.counter, ScaledCounter) and model.counter.factor == pytest.approx(0.01)
+    res = train(cfg)
+    ck = load_checkpoint(res.last_checkpoint)
+    raw = get_model("fpn_regression", width=0.0625)
+    raw.load_state_dict(ck["train_state_dict"])
+    plain, _ = build_from_checkpoint(res.last_checkpoint)  # the saved model: people per pixel
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x).final, raw.eval()(x).final * 0.01, rtol=1e-4, atol=1e-7)
+    # interrupted after 2 epochs, resumed to 3: bit-identical to the uninterrupted run
+    part = _cfg(synth, tmp_path / "b", model__output_scale=100.0, model__init="kaiming", optim__max_steps=8)
+    train(part)
+    full = _cfg(synth, tmp_path / "b", model__output_scale=100.0, model__init="kaiming")
+    train(full, resume=True)
+    a, b = _state(res.last_checkpoint), _state(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------ init_from, keep_epochs, cards
+def test_branch_from_a_kept_epoch_continues_the_parent_exactly(synth, tmp_path):
+    """An FPN run continued from its own epoch-1 checkpoint through ``init_from`` reproduces the
+    uninterrupted run bit for bit: weights, Adam moments, position and schedule all carried over."""
+    kw = dict(optim__schedule="cosine", optim__min_lr_ratio=0.1, model__output_scale=10.0)
+    parent = train(_cfg(synth, tmp_path / "p", keep_epochs=[1], **kw))
+    kept = tmp_path / "p" / "epoch_1.pt"
+    assert load_checkpoint(kept)["epoch"] == 1
+    child = train(_cfg(synth, tmp_path / "c", init_from=str(kept), **kw))
+    assert child.epoch == 3 and [r["epoch"] for r in child.history] == [1, 2, 3]
+    a, b = _state(parent.last_checkpoint), _state(child.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ca, cb = load_checkpoint(parent.last_checkpoint), load_checkpoint(child.last_checkpoint)
+    assert cb["cpu_seconds"] >= load_checkpoint(kept)["cpu_seconds"] > 0
+    for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+
+
+def test_autoscale_branch_adds_l2s_and_cards(synth, tmp_path):
+    train(_cfg(synth, tmp_path / "p", keep_epochs=[2]))
+    kept = tmp_path / "p" / "epoch_2.pt"
+    res = train(_cfg(synth, tmp_path / "a", method="autoscale", init_from=str(kept)))
+    ck = load_checkpoint(res.last_checkpoint)
+    assert ck["method"] == "autoscale" and ck["l2s_state_dict"] is not None and ck["epoch"] == 3
+    groups = ck["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["counter", "l2s"]
+    parent_state = load_checkpoint(kept)["optimizer"]["state"]
+    assert int(ck["optimizer"]["state"][0]["step"]) == int(parent_state[0]["step"]) + 4  # one more epoch
+    card = json.loads((tmp_path / "a" / "last.json").read_text())
+    assert card["checkpoint"] == "last.pt" and card["backbone"] == "vgg16" and card["epochs"] == 3
+    assert card["cpu_minutes"] > 0 and card["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    model, _ = load_autoscale(res.last_checkpoint)  # usable by predict/evaluate
+    assert model.l2s is not None
+    # wrong parents are refused with the file named
+    with pytest.raises(CheckpointError, match="init_from needs an FPN"):
+        train(_cfg(synth, tmp_path / "x", method="autoscale", init_from=str(res.last_checkpoint)))
+    with pytest.raises(CheckpointError, match="differs"):
+        train(_cfg(synth, tmp_path / "y", method="autoscale", init_from=str(kept), model__width=0.125))
+
+
+# ------------------------------------------------------------------------------ cache, bn, bf16
+def test_cache_gives_identical_samples(synth):
+    rec = read_dataset("generic", synth, "train")
+    kw = dict(sigma=2.0, train=True, flip=True, scale_range=(0.8, 1.2), crop=(32, 40), noise_prob=0.5, seed=1)
+    a, b = CrowdDataset(rec, "regression", **kw), CrowdDataset(rec, "regression", cache=True, **kw)
+    for epoch in range(3):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        for i in range(len(rec)):
+            sa, sb = a[i], b[i]
+            assert torch.equal(sa["image"], sb["image"]) and torch.equal(sa["target"], sb["target"])
+            np.testing.assert_array_equal(sa["points"], sb["points"])
+    assert len(b._cache) == len(rec)
+
+
+def test_bf16_channels_last_training_runs(synth, tmp_path):
+    res = train(_cfg(synth, tmp_path / "bf", bf16=True, channels_last=True, optim__epochs=1,
+                     method="autoscale", model__output_scale=100.0))
+    assert all(math.isfinite(v) for v in res.step_losses)
+    fpn, _ = build_from_checkpoint(res.last_checkpoint)  # channels_last weights load into a plain model
+    with torch.no_grad():
+        assert torch.isfinite(fpn.eval()(torch.randn(1, 3, 48, 64)).final).all()
