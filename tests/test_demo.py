@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from autoscale.cli import main as cli_main
-from autoscale.demo import METHODS, BUDGETS, branch_optimizer, fold_output_scale, mean_baseline_mae
-from autoscale.models.registry import build_from_checkpoint, get_model, load_checkpoint
+from autoscale.demo import METHODS, mean_baseline_mae
+from autoscale.models.registry import build_from_checkpoint, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -74,36 +74,14 @@ def test_dense_mae_matches_per_image_rows(smoke_out: Path) -> None:
         assert res["methods"][name]["dense_mae"] == pytest.approx(np.abs(pr[top] - gt[top]).mean(), abs=1e-9)
 
 
-def test_fold_output_scale_is_exact() -> None:
-    torch.manual_seed(0)
-    fpn = get_model("fpn_regression", width=0.0625).eval()
-    for p in fpn.parameters():  # non-trivial biases so the dsn6 bias term matters
-        torch.nn.init.normal_(p, std=0.2)
-    x = torch.randn(1, 3, 33, 41)
-    with torch.no_grad():
-        ref = fpn(x)
-        fold_output_scale(fpn, 0.01)
-        got = fpn(x)
-    torch.testing.assert_close(got.final, ref.final * 0.01, rtol=1e-4, atol=1e-6)
-    for a, b in zip(got.side, ref.side):
-        torch.testing.assert_close(a, b * 0.01, rtol=1e-4, atol=1e-6)
-
-
-def test_branch_optimizer_starts_from_the_fpn_state_without_sharing_it():
-    """The AutoScale branch must keep the FPN's Adam moments of the branch point, even while the
-    FPN run goes on stepping (load_state_dict alone would alias the moment tensors)."""
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(4))
-    opt = torch.optim.Adam([w], lr=1e-2)
-    (w ** 2).sum().backward()
-    opt.step()
-    state = opt.state_dict()
-    at_branch = state["state"][0]["exp_avg"].clone()
-    counter = torch.nn.ParameterList([torch.nn.Parameter(w.detach().clone())])
-    l2s = torch.nn.Linear(2, 1)
-    bopt = branch_optimizer(counter, l2s, state, BUDGETS["smoke"])
-    w.grad = torch.ones(4)
-    opt.step()  # the FPN run continues
-    torch.testing.assert_close(bopt.state[counter[0]]["exp_avg"], at_branch)
-    assert not torch.equal(opt.state[w]["exp_avg"], at_branch)
-    assert len(bopt.param_groups) == 2 and bopt.param_groups[1]["params"] == list(l2s.parameters())
+def test_checkpoints_come_from_engine_runs_with_model_cards(smoke_out: Path) -> None:
+    for name in METHODS:
+        method = name.split("_", 1)[0]
+        card = json.loads((smoke_out / "checkpoints" / f"{name}.json").read_text())
+        assert card["method"] == method and card["checkpoint"] == f"{name}.pt" and card["cpu_minutes"] > 0
+        assert (smoke_out / "runs" / name / "run.json").is_file()
+        ck = load_checkpoint(smoke_out / "checkpoints" / f"{name}.pt")
+        assert ck["epoch"] == ck["config"]["optim"]["epochs"]
+        if method == "autoscale":  # branched off the FPN run's kept epoch
+            parent = load_checkpoint(ck["config"]["init_from"])
+            assert parent["method"] == "fpn" and ck["cpu_seconds"] > parent["cpu_seconds"]

