@@ -103,6 +103,14 @@ def _resize_split(records: list, out_root: Path, split: str, *, scale: float | N
     return read_dataset("generic", out_root, split)
 
 
+def carve_val(records: list, n_val: int, seed: int) -> tuple[list, list]:
+    """Part A's validation split: ``(train, val)`` with the ``n_val`` records at the first positions
+    of ``numpy.random.default_rng(seed).permutation`` in val (both kept in the input's order)."""
+    val_idx = set(np.random.default_rng(seed).permutation(len(records))[:n_val].tolist())
+    return ([r for i, r in enumerate(records) if i not in val_idx],
+            [r for i, r in enumerate(records) if i in val_idx])
+
+
 def make_data(part: str, root: Path, tmp: Path, *, scale: float, long_side: int, n_val: int, seed: int,
               limit: int | None) -> C.Data:
     """Resized train/test (B) or train/val (A) splits of ShanghaiTech ``part`` as :class:`C.Data`."""
@@ -113,11 +121,7 @@ def make_data(part: str, root: Path, tmp: Path, *, scale: float, long_side: int,
         split_info = {"train": "part_B/train_data", "test": "part_B/test_data", "resize": f"x{scale:g}"}
         kw: dict[str, Any] = {"scale": scale, "long_side": None}
     else:
-        recs = read_dataset("shanghaitech", pdir, "train")
-        order = np.random.default_rng(seed).permutation(len(recs))
-        val_idx = set(order[:n_val].tolist())
-        test = [r for i, r in enumerate(recs) if i in val_idx]
-        train = [r for i, r in enumerate(recs) if i not in val_idx]
+        train, test = carve_val(read_dataset("shanghaitech", pdir, "train"), n_val, seed)
         split_info = {"train": f"part_A/train_data minus val ({len(train)})",
                       "test": f"val: {len(test)} images of part_A/train_data drawn with numpy default_rng({seed})",
                       "val_images": [r.name for r in test], "resize": f"longer side <= {long_side} px"}
