@@ -83,6 +83,33 @@ def test_localization_points_mapped_back_to_original_pixels():
     assert res.first_count == len(regional_minima(cmap.astype(np.uint8)))
 
 
+def test_head_class_limit_is_a_distance_that_scales_with_the_zoom():
+    """max_head_class=1 keeps minima nearer than edges[2] = 2 px to a head; in a region zoomed x2
+    that is 4 px there, so the class-2 heads of the dense block count after zooming, not before."""
+    from autoscale.pipeline import zoomed_class_limit
+    from autoscale.targets import DISTANCE_EDGES
+
+    assert zoomed_class_limit(DISTANCE_EDGES, 1, 1.0) == 1
+    assert zoomed_class_limit(DISTANCE_EDGES, 1, 2.0) == 3  # 4 px: classes 0-3 start below it
+    assert zoomed_class_limit(DISTANCE_EDGES, 2, 2.3) == 6  # 6.9 px: class 6 is [6, 8)
+    assert zoomed_class_limit(DISTANCE_EDGES, 2, 0.5) == 1  # shrunk: 1.5 px
+    assert zoomed_class_limit(DISTANCE_EDGES, None, 3.0) is None
+    cmap = np.full((40, 60), 10.0, dtype=np.float32)
+    for r, c in [(3, 50), (35, 5), (37, 55)]:
+        cmap[r, c] = 0
+    cmap[10:26, 12:36] = 5
+    for r, c in [(12, 15), (14, 30), (20, 20), (24, 33)]:
+        cmap[r, c] = 2
+    img = torch.from_numpy(cmap)[None, None].repeat(1, 3, 1, 1)
+    counts = {}
+    for scale in (1.0, 2.0):
+        cfg = PipelineConfig(variant="localization", fixed_scale=scale, max_head_class=1)
+        res = AutoScale(ClassIsChannel0(), None, cfg).predict(img)
+        assert res.first_count == 3 and len(res.regions) == 1
+        counts[scale] = res.count
+    assert counts == {1.0: 3, 2.0: 7}
+
+
 def _tiny(variant: str, zoom: str = "stn"):
     torch.manual_seed(0)
     fpn = get_model(f"fpn_{variant}", width=0.125)

@@ -55,6 +55,9 @@ class PipelineConfig:
         exclude_background: localization counting ignores plateaus of the background class.
         max_head_class: localization counting ignores minima whose class exceeds this
             (None: every minimum counts, paper); see :func:`autoscale.postprocess.count_people`.
+            The limit is a distance in pixels of the input image (below ``edges[max_head_class + 1]``):
+            in a region zoomed by ``r`` it becomes ``r`` times as many pixels
+            (:func:`zoomed_class_limit`).
         loss: localization loss, ``dce`` (Eq. 7), ``ce``, ``focal`` or ``ordinal`` (Table 12).
         kernel: target regeneration for the zoomed region, ``fixed``/``multiplied``/``divided`` (Table 11).
         sigma: density kernel sigma in pixels (the trainer sets it from the dataset's sigma).
@@ -126,15 +129,28 @@ class PipelineResult:
     points: np.ndarray | None = None
 
 
-def _map_count(variant: Variant, final: torch.Tensor, cfg: PipelineConfig) -> tuple[float, np.ndarray, np.ndarray | None]:
-    """Count, numpy map and points of one network output ``(1, C, H, W)``."""
+def zoomed_class_limit(edges: tuple[float, ...], max_class: int | None, scale: float) -> int | None:
+    """The ``max_head_class`` of a map zoomed by ``scale``: ``max_class`` allows minima nearer than
+    ``edges[max_class + 1]`` px to a head in the input image; zoomed, that distance is ``scale``
+    times as many pixels, so the limit is the highest class whose lower edge lies below it."""
+    if max_class is None or max_class + 1 >= len(edges):
+        return max_class
+    limit = scale * edges[max_class + 1]
+    return max(k for k in range(len(edges)) if edges[k] < limit)
+
+
+def _map_count(variant: Variant, final: torch.Tensor, cfg: PipelineConfig,
+               scale: float = 1.0) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """Count, numpy map and points of one network output ``(1, C, H, W)`` (``scale``: the zoom
+    of the input it saw)."""
     if variant == "regression":
         m = final[0, 0].detach().float().cpu().numpy()
         return float(m.sum(dtype=np.float64)), m, None
     cls = decode_classes(final.detach().float(), cfg.loss)[0].cpu().numpy().astype(np.uint8)
     n_classes = len(cfg.edges)
     _, pts = count_people(cls, background=n_classes - 1, num_classes=n_classes,
-                          exclude_background=cfg.exclude_background, max_class=cfg.max_head_class)
+                          exclude_background=cfg.exclude_background,
+                          max_class=zoomed_class_limit(cfg.edges, cfg.max_head_class, scale))
     return float(len(pts)), cls, pts
 
 
@@ -217,7 +233,8 @@ class AutoScale(nn.Module):
             else:
                 zoomed = zoom_region(image, (region.x, region.y, region.w, region.h), s, method="bilinear")
             z_out = self.counter(zoomed)
-            z_count, z_map, z_pts = _map_count(cfg.variant, z_out.final, cfg)
+            zoom = 1.0 if cfg.kernel == "divided" else float(s.reshape(-1)[0])
+            z_count, z_map, z_pts = _map_count(cfg.variant, z_out.final, cfg, scale=zoom)
             ys, xs = slice(region.y, region.y + region.h), slice(region.x, region.x + region.w)
             if cfg.variant == "regression":
                 before = float(first_map[ys, xs].sum(dtype=np.float64))
