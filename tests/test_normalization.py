@@ -84,3 +84,28 @@ def test_export_records_the_normalization(lite, tmp_path):
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert meta["normalization_mean"] == pytest.approx(list(mean))
     assert meta["normalization_std"] == pytest.approx(list(std))
+
+
+def test_inference_resolution_follows_the_training_resize_rule(lite, tmp_path):
+    """A model trained on images capped at 512 px (``data.resize: long512``) is run at that cap by
+    ``predict`` and ``evaluate`` unless told otherwise; a checkpoint recording none gets 2048 / the
+    format's rule."""
+    from autoscale.cli import main as cli_main
+    from autoscale.data.synth import generate_dataset
+
+    _, ck, path = lite
+    trained = dict(ck, config={"data": {"resize": "long512"}})
+    tpath = tmp_path / "trained.pt"
+    torch.save(trained, tpath)
+    assert Predictor.from_checkpoint(tpath).max_side == 512
+    assert Predictor.from_checkpoint(tpath, max_side=800).max_side == 800
+    assert Predictor.from_checkpoint(path).max_side == 2048
+    img = _img(h=300, w=700)
+    pred = Predictor.from_checkpoint(tpath, single_pass=True)(img)
+    assert pred.network_size == (219, 512) and pred.input_size == (300, 700)
+    generate_dataset(tmp_path / "d", n=1, size=(40, 56), splits={"test": 1.0})
+    for ckpt, rule in ((tpath, "long512"), (path, "none")):
+        out = tmp_path / f"eval_{rule}"
+        assert cli_main(["evaluate", "--checkpoint", str(ckpt), "--format", "generic", "--root", str(tmp_path / "d"),
+                         "--out", str(out), "--single-pass", "--no-knn"]) == 0
+        assert json.loads((out / "metrics.json").read_text())["settings"]["resize"] == rule

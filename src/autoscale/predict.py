@@ -3,7 +3,7 @@
 Python API::
 
     from autoscale.predict import Predictor
-    predictor = Predictor.from_checkpoint("model.pt")          # device="cpu", max_side=2048
+    predictor = Predictor.from_checkpoint("model.pt")          # device="cpu", max_side="auto"
     pred = predictor("crowd.jpg")                               # path, PIL image or uint8 array
     pred.count, pred.map, pred.points, pred.regions
 
@@ -22,7 +22,9 @@ Conventions of a :class:`Prediction`:
   ``y = y' * H / H'``; the map is resized back to the input resolution (bilinear for density maps,
   nearest for class maps). A density map is then rescaled so that ``map.sum() == count`` (up to
   float32 rounding): multiplicatively when both are positive, otherwise by spreading the residual
-  uniformly. ``max_side=None`` disables the rule.
+  uniformly. ``max_side=None`` disables the rule. :meth:`Predictor.from_checkpoint` defaults to
+  ``max_side="auto"``: the longer-side cap the model was trained at (its config's resize rule,
+  e.g. 512 px for the ``*_lite0`` ShanghaiTech B presets), else 2048.
 * ``map``: density (float32, people per pixel) for regression checkpoints, distance-class map
   (uint8, 0 = at a head ... 10 = background) for localization checkpoints, at the input resolution;
   dense regions show their second-pass re-prediction resized into the box (paper Sec. 4.4).
@@ -85,6 +87,8 @@ __all__ = [
     "Prediction",
     "Predictor",
     "load_autoscale",
+    "trained_max_side",
+    "trained_resize",
     "pipeline_config_from_checkpoint",
     "predict_paths",
     "resize_for_inference",
@@ -219,6 +223,23 @@ def _as_rgb(image: Any) -> tuple[np.ndarray, str]:
     raise DataError(None, f"cannot predict on a {type(image).__name__}: give a path, PIL image or uint8 array")
 
 
+def trained_resize(ckpt: dict[str, Any]) -> str | None:
+    """The resize rule name a training checkpoint's images went through (``config.data.resize``),
+    or None when it records none (converted or older checkpoints)."""
+    cfg = ckpt.get("config")
+    data = cfg.get("data") if isinstance(cfg, dict) else None
+    rule = data.get("resize") if isinstance(data, dict) else None
+    return rule if isinstance(rule, str) else None
+
+
+def trained_max_side(ckpt: dict[str, Any]) -> int | None:
+    """The longer-side cap (pixels) of :func:`trained_resize`, or None."""
+    from autoscale.data.preprocess import RESIZE_RULES
+
+    rule = RESIZE_RULES.get(trained_resize(ckpt) or "")
+    return rule.max_long if rule is not None else None
+
+
 def resize_for_inference(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float, float]:
     """Apply the large-image rule (module docstring): ``(image', sx, sy)`` with ``sx = W'/W``."""
     if not max_side:
@@ -312,11 +333,14 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | PathLike[str] | dict[str, Any], *, variant: str | None = None,
                         device: str | torch.device = "cpu", single_pass: bool = False, bf16: bool = False,
-                        max_side: int | None = 2048, points: PointsMode = "auto",
+                        max_side: int | Literal["auto"] | None = "auto", points: PointsMode = "auto",
                         pipeline: PipelineConfig | None = None) -> "Predictor":
         """Load a checkpoint (path or dict). Corrupt file, foreign format or a variant other than
-        the requested ``variant`` raise :class:`CheckpointError` (one line)."""
+        the requested ``variant`` raise :class:`CheckpointError` (one line). ``max_side="auto"``:
+        :func:`trained_max_side` of the checkpoint, else 2048."""
         model, ckpt = load_autoscale(path, variant=variant, pipeline=pipeline, device=device)
+        if max_side == "auto":
+            max_side = trained_max_side(ckpt) or 2048
         return cls(model, device=device, single_pass=single_pass, bf16=bf16, max_side=max_side,
                    points=points, checkpoint=ckpt)
 

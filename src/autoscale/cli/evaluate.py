@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default=None, help="dataset format (instead of --config)")
     p.add_argument("--root", default=None, help="dataset root (instead of --config, or overriding it)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
-    p.add_argument("--resize", default=None, help="resize rule (default: the config's, else the format's paper rule)")
+    p.add_argument("--resize", default=None,
+                   help="resize rule (default: the config's, else the one the checkpoint was trained with, "
+                        "else the format's paper rule)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--single-pass", action="store_true", help="first pass only (FPN baseline)")
     p.add_argument("--pipeline-from-config", action="store_true",
@@ -75,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
         if args.format is None or args.root is None:
             raise ConfigError("give --config CONFIG|PRESET, or both --format and --root")
         fmt, root, resize = args.format, args.root, None
+    if not (args.resize or resize):  # the resolution the model was trained at, else the format's paper rule
+        from autoscale.models.registry import load_checkpoint
+        from autoscale.predict import trained_resize
+
+        resize = trained_resize(load_checkpoint(args.checkpoint))
     resize = args.resize or resize or get_format(fmt).resize_rule
     try:
         sigmas = tuple(float(s) for s in args.sigmas.split(",") if s.strip())

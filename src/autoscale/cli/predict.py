@@ -12,6 +12,10 @@ import argparse
 import sys
 
 
+def _max_side(v: str) -> int | str:
+    return "auto" if v == "auto" else _positive_int(v)
+
+
 def _positive_int(v: str) -> int:
     try:
         i = int(v)
@@ -48,8 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--single-pass", action="store_true", help="first pass only (FPN baseline, no L2S refinement)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1 ...")
     p.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
-    p.add_argument("--max-side", type=_positive_int, default=2048,
-                   help="downscale images whose longer side exceeds this (pixels; default 2048); "
+    p.add_argument("--max-side", type=_max_side, default="auto",
+                   help="downscale images whose longer side exceeds this (pixels); default 'auto': the cap "
+                        "the model was trained at (e.g. 512 for the *_lite0 ShanghaiTech B presets), else 2048; "
                         "outputs are mapped back to the input resolution")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--every", type=_positive_int, default=None, metavar="N", help="videos: every N-th frame")

@@ -31,7 +31,7 @@ import torch
 from autoscale.errors import CheckpointError
 from autoscale.models.fpn import LocalizationFPN, RegressionFPN
 from autoscale.models.l2s import L2S
-from autoscale.models.registry import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from autoscale.models.registry import CHECKPOINT_FORMAT, backbone_normalization
 from autoscale.models.vgg import conv_indices, pool_indices
 
 __all__ = ["VARIANTS", "convert_official", "official_shapes", "read_official", "to_official"]
@@ -196,19 +196,16 @@ def convert_official(src_path: str | PathLike[str] | dict[str, Any], variant: st
         problems = _problems(rate, exp_rate)
         if problems:
             raise CheckpointError(f"{source}: 'rate_state_dict' does not fit the {variant} rate net: " + "; ".join(problems))
+    from autoscale.models.checkpoint import make_checkpoint
+
     kmap = _key_map(variant)
     cfg = VARIANTS[variant]
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "variant": variant,
-        "model": {"name": cfg["model"], "kwargs": dict(cfg["kwargs"])},
-        "state_dict": {ours: main[off] for ours, off in kmap.items()},
-        "l2s_state_dict": rate,
-        "l2s": dict(cfg["l2s"]) if rate is not None else None,
-        "official_unused": {k: main[k] for k in _unused_shapes(variant)},
-        "source": {"path": source, "state_key": main_key, "module_prefix": prefixed, "other_keys": extra},
-    }
+    return make_checkpoint(
+        {ours: main[off] for ours, off in kmap.items()}, rate, variant=variant, model_name=cfg["model"],
+        model_kwargs=cfg["kwargs"], l2s_config=cfg["l2s"], normalization=backbone_normalization("vgg16"),
+        official_unused={k: main[k] for k in _unused_shapes(variant)},
+        source={"path": source, "state_key": main_key, "module_prefix": prefixed, "other_keys": extra},
+    )
 
 
 def to_official(ckpt: dict[str, Any], *, fill_unused: bool = False) -> dict[str, Any]:
