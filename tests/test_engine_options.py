@@ -167,6 +167,21 @@ def test_autoscale_branch_adds_l2s_and_cards(synth, tmp_path):
         train(_cfg(synth, tmp_path / "y", method="autoscale", init_from=str(kept), model__width=0.125))
 
 
+def test_history_counts_the_refined_images(synth, tmp_path):
+    """AutoScale history rows count the images whose joint loss refined a region: every one with
+    regions taken from the target and no gate, none when the threshold leaves no region."""
+    train(_cfg(synth, tmp_path / "p", keep_epochs=[1], optim__epochs=2))
+    kept = str(tmp_path / "p" / "epoch_1.pt")
+    every = dict(method="autoscale", init_from=kept, optim__epochs=2, pipeline__region_from="target",
+                 pipeline__area_ratio=0.0)
+    res = train(_cfg(synth, tmp_path / "a", pipeline__dense_k=1.0, **every))
+    own = [r for r in res.history if r.get("source") != "init_from"]
+    assert [r["regions"] for r in own] == [4] and own[0]["loss_refine"] > 0
+    assert "regions" not in res.history[0]  # the FPN parent's row
+    res = train(_cfg(synth, tmp_path / "b", pipeline__dense_k=1e9, **every))
+    assert [r["regions"] for r in res.history if r.get("source") != "init_from"] == [0]
+
+
 # ------------------------------------------------------------------------------ cache, bn, bf16
 def test_cache_gives_identical_samples(synth):
     rec = read_dataset("generic", synth, "train")

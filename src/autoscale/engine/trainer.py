@@ -11,7 +11,9 @@ In ``paper`` centre mode C is not in the optimiser: :meth:`CenterLoss.step_cente
 every ``optim.center_every`` steps, or at the end of each epoch when that is None (T = 1 epoch).
 
 Outputs in ``cfg.out``: ``last.pt`` (every epoch and on SIGINT/SIGTERM, written atomically),
-``best.pt`` (lowest validation MAE), ``history.json`` / ``history.csv`` (one row per epoch),
+``best.pt`` (lowest validation MAE), ``history.json`` / ``history.csv`` (one row per epoch: mean
+losses, learning rate, wall time, validation metrics; AutoScale runs add ``regions``, the number of
+the epoch's images whose joint loss refined a dense region, and the centre ``center``),
 ``run.json`` (marks the folder as ours), TensorBoard scalars in ``tb/`` when available.
 
 Resuming (``train(cfg, resume=True)`` or a checkpoint path) restores weights, optimiser, centre,
@@ -475,14 +477,15 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
                                 collate_fn=collate, num_workers=cfg.num_workers)
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
-            n_steps = 0
+            n_steps = n_regions = 0
             bar = None
             if cfg.progress and info.is_main:
                 from tqdm import tqdm
                 bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{o.epochs}",
                            leave=False, dynamic_ncols=True)
             for batch in loader:
-                terms = torch.zeros(4, dtype=torch.float64)  # total, first, refine, center (sums over images)
+                # sums over images: total, first, refine, centre loss; images that refined a region
+                terms = torch.zeros(5, dtype=torch.float64)
                 n_img = len(batch["name"])
                 loss = None
                 for img, pts, tgt in _samples(batch):
@@ -491,10 +494,11 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
                         if cfg.method == "autoscale":
                             bd = joint_loss(train_model, img, pts, tgt, center, reduction=o.loss_reduction, refine=True)
                             li = bd.total
-                            terms += torch.tensor([float(li.detach()), bd.first, bd.refine, bd.center], dtype=torch.float64)
+                            terms += torch.tensor([float(li.detach()), bd.first, bd.refine, bd.center,
+                                                   float(bd.region is not None)], dtype=torch.float64)
                         else:
                             li = pixel_loss(cfg.model.variant, train_model.counter(img), tgt, model.config, o.loss_reduction)
-                            terms += torch.tensor([float(li.detach()), float(li.detach()), 0.0, 0.0], dtype=torch.float64)
+                            terms += torch.tensor([float(li.detach()), float(li.detach()), 0.0, 0.0, 0.0], dtype=torch.float64)
                     li = li.float() / n_img
                     loss = li if loss is None else loss + li
                 if not torch.isfinite(loss):
@@ -513,7 +517,8 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
                 batch_in_epoch += 1
                 n_steps += 1
                 glob = D.all_reduce_sum(torch.cat([terms, torch.tensor([float(n_img)], dtype=torch.float64)]).to(device), info).cpu()
-                mean = (glob[:4] / glob[4]).tolist()
+                mean = (glob[:4] / glob[5]).tolist()
+                n_regions += int(glob[4])
                 result.step_losses.append(mean[0])
                 for k, v in zip(("loss", "loss_first", "loss_refine", "loss_center"), mean):
                     sums[k] = sums.get(k, 0.0) + v
@@ -547,6 +552,8 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
             row: dict[str, Any] = {"epoch": epoch, "step": step}
             row.update({k: v / max(n_steps, 1) for k, v in sums.items()})
             row["lr"] = o.lr * lr_factor(step - 1, steps_per_epoch, o)
+            if cfg.method == "autoscale":
+                row["regions"] = n_regions
             if center is not None:
                 row["center"] = float(center.center.detach())
             row["time_s"] = round(time.perf_counter() - t0, 3)
