@@ -3,10 +3,11 @@
 1. *Representation limit* (no network): the regional minima of the ground-truth distance-label
    maps at several resolutions, matched to the heads at 4 px — how many heads a perfect
    localization network could find at the benchmark's resolution.
-2. *Where the counts go* (needs the regression weights saved with ``bench_shanghaitech.py
+2. *Where the counts go* (needs the regression checkpoints saved with ``bench_shanghaitech.py
    --save-dir DIR``): per model, the mean first-pass count error (bias) on the training and the
    test images, and on the test images the predicted people more than 20 px (benchmark pixels)
-   from any annotated head ("background mass").
+   from any annotated head ("background mass"); predicted with the prediction API
+   (:class:`autoscale.predict.Predictor`, single pass, on the photos resized as the benchmark does).
 
     .venv/bin/python benchmarks/bench_shanghaitech.py --part B --variant regression --save-dir /tmp/w
     .venv/bin/python benchmarks/analyze_shanghaitech.py --weights /tmp/w
@@ -33,11 +34,9 @@ import bench_shanghaitech as S  # noqa: E402
 from autoscale import targets as T  # noqa: E402
 from autoscale.data.formats import read_dataset  # noqa: E402
 from autoscale.data.image_io import read_image  # noqa: E402
-from autoscale.demo import ScaledCounter  # noqa: E402
 from autoscale.metrics import match_points_multi  # noqa: E402
-from autoscale.models.registry import get_model  # noqa: E402
-from autoscale.models.vgg import normalize  # noqa: E402
 from autoscale.postprocess import count_people  # noqa: E402
+from autoscale.predict import Predictor  # noqa: E402
 
 FAR_PX = 20.0
 
@@ -63,33 +62,30 @@ def label_map_oracle(records: list, scales: Sequence[float]) -> dict[str, Any]:
     return out
 
 
-@torch.inference_mode()
-def count_diagnostics(weights: Path, records_train: list, records_test: list, scale: float,
-                      b: Any) -> dict[str, Any]:
-    """First-pass bias (train, test) and background mass (test) of each saved regression model."""
+def count_diagnostics(weights: Path, records_train: list, records_test: list, scale: float) -> dict[str, Any]:
+    """First-pass bias (train, test) and background mass (test) of each saved regression model,
+    predicted with :class:`autoscale.predict.Predictor` (single pass) on the resized photos."""
     def load(recs):
         for r in recs:
             img = read_image(r.image_path)
             h, w = round(r.height * scale), round(r.width * scale)
             pts = np.asarray(r.points, dtype=np.float64).reshape(-1, 2) * np.array([w / r.width, h / r.height])
-            yield normalize(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)), pts
+            yield cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA), pts
 
     out = {}
     for name in ("fpn_regression", "autoscale_regression"):
         path = weights / f"{name}.pt"
         if not path.exists():
             continue
-        sd = torch.load(path, weights_only=True)
-        counter = ScaledCounter(get_model("fpn_regression", width=b.width), 1.0 / b.density_scale)
-        counter.load_state_dict(sd["counter"])
-        counter.eval()
+        predictor = Predictor.from_checkpoint(str(path), variant="regression", single_pass=True, max_side=None)
         res: dict[str, Any] = {}
         for split, recs in (("train", records_train), ("test", records_test)):
             err, far = [], []
-            for x, pts in load(recs):
-                m = counter(x).final[0, 0].numpy().astype(np.float64)
-                err.append(m.sum() - len(pts))
+            for img, pts in load(recs):
+                pred = predictor.predict_array(img)
+                err.append(pred.first_count - len(pts))
                 if split == "test":
+                    m = pred.map.astype(np.float64)
                     d = T.distance_map(pts, m.shape) if len(pts) else np.full(m.shape, np.inf)
                     far.append(m[d > FAR_PX].sum())
             res[f"first_pass_bias_{split}"] = float(np.mean(err))
@@ -121,8 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = {"command": command, "seed": None, "scale": a.scale,
                                   "label_map_oracle_test": label_map_oracle(test, (a.scale, 0.5, 1.0))}
         if a.weights is not None:
-            b = S.SMOKE if a.smoke else S.BUDGETS["B"]["regression"]
-            result["regression_counts"] = count_diagnostics(a.weights, train, test, a.scale, b)
+            result["regression_counts"] = count_diagnostics(a.weights, train, test, a.scale)
             result["background_definition"] = f"predicted people > {FAR_PX:g} px (benchmark pixels) from every head"
     finally:
         torch.set_num_threads(threads)

@@ -1,9 +1,10 @@
 """Ablations of AutoScale (regression) on the synthetic crowds of ``bench_synthetic.py``.
 
-Same data (seed), same budget and the same trunk: one regression FPN is trained to
-``branch_epoch``; the FPN baseline continues it and every variant below branches off it and
-trains the remaining epochs with the joint loss (Eq. 6), so all variants get the same steps,
-width and learning-rate schedule (``benchmarks/_common.py``):
+Same data (seed), same budget and the same trunk: one regression FPN run (the FPN baseline,
+:func:`autoscale.engine.trainer.train`) keeps its checkpoint at ``branch_epoch``; every variant
+below is a ``train`` call branching off that checkpoint (``init_from``) with its own pipeline
+settings and trains the remaining epochs with the joint loss (Eq. 6), so all variants get the same
+steps, width and learning-rate schedule (``benchmarks/_common.py``):
 
 * ``learned``: the paper's AutoScale (L2S, closeness = mean nearest-neighbour distance, Eq. 1;
   dense threshold 2 x mean; fixed kernel; one region);
@@ -19,9 +20,10 @@ width and learning-rate schedule (``benchmarks/_common.py``):
 * ``top2`` (Table 15): the ``learned`` model evaluated with ``top_k=2`` (the joint loss trains
   on the first region only, so there is nothing else to train).
 
-Per variant: MAE, RMSE, and dense MAE (Table 8 protocol) on the variant's *own* refined regions
-(``dense_mae``: re-predicted count; ``dense_mae_first_pass``: its own first pass there;
-``dense_mae_fpn``: the FPN baseline's count in the same boxes).
+Per variant, scored with :func:`autoscale.engine.evaluate.evaluate`: MAE, RMSE, and dense MAE
+(Table 8 protocol) on the variant's *own* refined regions (``dense_mae``: re-predicted count;
+``dense_mae_first_pass``: its own first pass there; ``dense_mae_fpn``: the FPN baseline's count in
+the same boxes, the FPN evaluated with the variant's boxes as ``given_regions``).
 
     .venv/bin/python benchmarks/bench_ablations.py
     .venv/bin/python benchmarks/bench_ablations.py --smoke --out /tmp/ba
@@ -31,6 +33,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +41,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-from autoscale.pipeline import AutoScale  # noqa: E402
+from autoscale.models.registry import load_checkpoint  # noqa: E402
+from autoscale.predict import pipeline_config_from_checkpoint  # noqa: E402
 
 FIXED_SCALES = (1.5, 2.0, 2.5, 3.0)
+
+
+def checkpoint_pipeline(path: Path) -> Any:
+    """The pipeline settings a checkpoint was trained (and is evaluated) with."""
+    return pipeline_config_from_checkpoint(load_checkpoint(path), str(path))
 
 
 def variants(b: Any) -> dict[str, tuple[Any, str, str]]:
@@ -67,49 +76,44 @@ def run(out: Path, b: Any, *, smoke: bool, seed: int, verbose: bool, command: st
     with tempfile.TemporaryDirectory(prefix="bench_abl_") as tmp:
         t0 = time.perf_counter()
         data = C.make_data(Path(tmp) / "data", b, seed)
+        work = Path(tmp) / "runs"
         seconds["data"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        trunk = C.train_trunk("regression", data, b, seed, specs["learned"][0], "fpn", verbose)
-        trained: dict[str, Any] = {}
-        info: dict[str, Any] = {}
-        for name, (cfg, _) in specs.items():
-            trained[name], info[name] = C.branch(trunk, cfg, b, seed, name, verbose=verbose)
-        fpn = C.finish_fpn(trunk, b, seed, "fpn", verbose)
+        fpn = C.train_fpn("fpn", "regression", data, b, seed, specs["learned"][0], work, verbose)
+        runs = {name: C.branch(name, fpn, data, b, seed, cfg, work, verbose) for name, (cfg, _) in specs.items()}
         seconds["train"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        rows = {"fpn": C.predict_rows(fpn, data, single_pass=True)}
-        for name, model in trained.items():
-            rows[name] = C.predict_rows(model, data, single_pass=False)
-        learned = trained["learned"]
-        top2 = AutoScale(learned.counter, learned.l2s, C.replace(learned.config, top_k=2)).eval()
-        rows["top2"] = C.predict_rows(top2, data, single_pass=False)
+        ev = {name: C.evaluate_run(run.checkpoint, data.test) for name, run in runs.items()}
+        learned = runs["learned"].checkpoint
+        ev["top2"] = C.evaluate_run(learned, data.test, pipe=replace(checkpoint_pipeline(learned), top_k=2))
+        # the FPN baseline inside each variant's own regions (its row: inside those of `learned`)
+        fpn_in = {name: C.evaluate_run(fpn.checkpoint, data.test, given_regions=C.regions_of(rows))
+                  for name, (_, rows) in ev.items()}
         seconds["evaluate"] = time.perf_counter() - t0
 
     table: dict[str, Any] = {}
-    for name, rr in rows.items():
-        m = C.summarize(rr)
-        if name == "fpn":
-            d = C.dense_region_errors(rr, rows["learned"], mode="box")
-            m.update(dense_mae=d["mae"], dense_rmse=d["rmse"], dense_images=d["n"],
-                     note="FPN baseline; dense MAE in the regions of `learned`", train={"seconds": trunk.seconds})
+    rows = {"fpn": fpn_in["learned"][1], **{name: r for name, (_, r) in ev.items()}}
+    m = C.summarize(fpn_in["learned"][0])
+    d = C.dense_given(fpn_in["learned"][0])
+    m.update(dense_mae=d["mae"], dense_rmse=d["rmse"], dense_images=d["n"],
+             note="FPN baseline; dense MAE in the regions of `learned`", train=fpn.info())
+    table["fpn"] = m
+    for name, (metrics, rr) in ev.items():
+        m = C.summarize(metrics)
+        own, first, base = C.dense_own(metrics), C.dense_own(metrics, "baseline"), C.dense_given(fpn_in[name][0])
+        m.update(dense_mae=own["mae"], dense_rmse=own["rmse"], dense_images=own["n"],
+                 dense_mae_first_pass=first["mae"], dense_mae_fpn=base["mae"],
+                 dense_gain_vs_fpn=(None if not base["mae"] or own["mae"] is None
+                                    else (base["mae"] - own["mae"]) / base["mae"]),
+                 images_with_two_regions=int(sum(len(r["regions"]) >= 2 for r in rr)))
+        if name == "top2":
+            m.update(note="Table 15: `learned` evaluated with top_k=2", train=None)
         else:
-            own = C.dense_region_errors(rr, rr, mode="refined")
-            first = C.dense_region_errors(rr, rr, mode="own_first")
-            base = C.dense_region_errors(rows["fpn"], rr, mode="box")
-            m.update(dense_mae=own["mae"], dense_rmse=own["rmse"], dense_images=own["n"],
-                     dense_mae_first_pass=first["mae"], dense_mae_fpn=base["mae"],
-                     dense_gain_vs_fpn=(None if not base["mae"] or own["mae"] is None
-                                        else (base["mae"] - own["mae"]) / base["mae"]),
-                     images_with_two_regions=int(sum(len(r["regions"]) >= 2 for r in rr)))
-            if name == "top2":
-                m.update(note="Table 15: `learned` evaluated with top_k=2", train=None)
-            else:
-                m.update(note=specs[name][1], train=info[name])
+            m.update(note=specs[name][1], train=runs[name].info())
         table[name] = m
     C.finish(result, seconds, t_start)
-    result.update({"dataset": data.info, "variants": table,
-                   "per_image": {k: C.public_rows(v) for k, v in rows.items()}})
+    result.update({"dataset": data.info, "variants": table, "per_image": rows})
     C.write_results(out, "ablations", result, markdown(result))
     return result
 

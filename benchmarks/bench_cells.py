@@ -12,25 +12,32 @@ first N records), so each draw is written as a small **generic-format** dataset 
 one JSON of points per image): the drawn cells and their rot90 copies (k = 1, 2, 3; with the
 horizontal flip all 8 dihedral symmetries are seen).
 
-Two training engines (``--engine``):
+Training: one :func:`autoscale.engine.trainer.train` call per draw (the code behind ``autoscale
+train``; ``method="fpn"``: first-pass deep-supervised MSE, Eq. 5, summed over pixels; random
+crops, flips, Adam, ``optim.max_steps`` steps; config from ``benchmarks/_common.py``'s
+``train_config``). ``--engine`` picks the recipe (the name is kept for the command line; both
+recipes train with the engine):
 
-* ``trainer``: :func:`autoscale.engine.trainer.train` (``method="fpn"``: first-pass
-  deep-supervised MSE, Eq. 5; random crops, flips, Adam at a constant lr, authors' N(0, 0.01)
-  init). From scratch it does not get near the anchors in the time budget (tuning, draw 0, on
+* ``loop`` (default; formerly a minimal loop of this script): density targets learned x
+  ``--target-scale`` (100; ``model.output_scale``, folded into the saved weights), a cosine lr
+  decay to 0 over the epochs that hold the steps (``optim.schedule=cosine``) and Kaiming-normal
+  init (``model.init=kaiming``; the engine's scheme also covers the 1x1 density heads, which the
+  old loop left at the authors' N(0, 0.01)).
+* ``trainer``: the engine's plain defaults (constant lr, the authors' N(0, 0.01) init, no output
+  scaling). From scratch it does not get near the anchors in the time budget (tuning, draw 0, on
   the test images: MAE 68 after 500 steps at lr 1e-3, 32 after 1000 steps at lr 1e-4): the raw
   density (~1e-2 per pixel) is too small for a constant-lr Adam to pin the per-pixel level that a
   65,536-pixel sum turns into the count, and the N(0, 0.01) init starves a plain 13-conv VGG.
-* ``loop`` (default): a minimal loop with the engine's own :class:`CrowdDataset` (same crops,
-  flips, targets) and :func:`autoscale.pipeline.pixel_loss`, adding what the trainer lacks:
-  targets x ``target_scale`` (100), a cosine lr decay, Kaiming-normal init of the convs (the
-  density heads keep the authors' small init) and a batched forward.
+
+Scoring: :func:`autoscale.engine.evaluate.evaluate` (single pass, no resize); the count is the sum
+of the FPN's final density map over the whole 256x256 test image.
 
 Count calibration (``--calibrate``, default on; both MAEs are always reported): test counts are
 multiplied by ``sum(gt) / sum(pred)`` over the draw's own 32 training images (no test data).
 
 Defaults were chosen on validation MAE over the pool images a draw did not pick (``--validate``;
-draws 0 and 1: uncalibrated 3.85 / 4.01, calibrated 3.33 / 3.32; lr 5e-3 was worse, 5.36 / 3.86).
-Counting: the sum of the FPN's final density map over the whole 256x256 test image (one pass).
+draws 0 and 1: uncalibrated 3.85 / 4.01, calibrated 3.33 / 3.32; lr 5e-3 was worse, 5.36 / 3.86),
+with the former loop (its own data order and head init; not re-tuned on the engine).
 
     .venv/bin/python benchmarks/bench_cells.py            # full benchmark (~25 min, 1 thread)
     .venv/bin/python benchmarks/bench_cells.py --smoke    # seconds-long smoke run (tiny model)
@@ -55,14 +62,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 from bench_inference import machine_info  # noqa: E402  (shared machine-info helper)
 
+import _common as C  # noqa: E402
+
 from autoscale.data.formats import read_dataset  # noqa: E402
 from autoscale.data.image_io import read_image  # noqa: E402
 from autoscale.data.record import ImageRecord  # noqa: E402
-from autoscale.engine.config import DataConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from autoscale.engine.trainer import train  # noqa: E402
+from autoscale.engine.config import TrainConfig, config_to_dict  # noqa: E402
 from autoscale.metrics import counting_metrics  # noqa: E402
-from autoscale.models.registry import build_from_checkpoint  # noqa: E402
-from autoscale.models.vgg import normalize  # noqa: E402
 
 RESULTS = BENCH_DIR / "results"
 CELLS = Path(__file__).resolve().parents[2] / "shared" / "data" / "vgg_cells"
@@ -112,71 +118,31 @@ def write_draw_dataset(records: list[ImageRecord], root: Path, rotations: int = 
     return root
 
 
-@torch.no_grad()
-def predict_counts(fpn: torch.nn.Module, records: list[ImageRecord], batch: int = 10,
-                   target_scale: float = 1.0) -> np.ndarray:
-    """Whole-image counts (sum of the final density map / ``target_scale``) of ``records``."""
-    fpn.eval()
-    out = []
-    for i in range(0, len(records), batch):
-        x = torch.cat([normalize(read_image(r.image_path)) for r in records[i:i + batch]])
-        out.append(fpn(x).final.double().sum(dim=(1, 2, 3)).numpy() / target_scale)
-    return np.concatenate(out)
+def recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--engine`` recipe with ``--init`` / ``--target-scale`` resolved."""
+    tuned = args.engine == "loop"
+    return {"init": args.init or ("kaiming" if tuned else "official"),
+            "target_scale": args.target_scale if args.target_scale is not None else (100.0 if tuned else 1.0),
+            "lr_schedule": "cosine" if tuned else "constant"}
 
 
-def train_loop(args: argparse.Namespace, root: Path, seed: int) -> tuple[torch.nn.Module, list[float]]:
-    """The minimal loop (``--engine loop``): the engine's :class:`CrowdDataset` (same crops, flips,
-    targets) and :func:`pixel_loss`, plus what the trainer lacks: density targets multiplied by
-    ``target_scale`` (so the output bias noise of Adam is small relative to a person's mass),
-    a cosine learning-rate decay to 0 and a batched forward."""
-    from autoscale.data.formats import read_dataset as _read
-    from autoscale.engine.dataset import CrowdDataset
-    from autoscale.models.registry import get_model
-    from autoscale.pipeline import PipelineConfig, pixel_loss
-
-    torch.manual_seed(seed)
-    fpn = get_model("fpn_regression", backbone="vgg16", width=args.width)
-    if args.init == "kaiming":  # the authors' N(0, 0.01) init starves a deep plain VGG trained from scratch
-        for name, m in fpn.named_modules():  # (the density heads dsn* keep their small init)
-            if isinstance(m, torch.nn.Conv2d) and not name.startswith("dsn"):
-                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                torch.nn.init.zeros_(m.bias)
-    ds = CrowdDataset(_read("generic", root, "train"), "regression", sigma=args.sigma, train=True,
-                      crop=(args.crop, args.crop), flip=True, seed=seed)
-    opt = torch.optim.Adam(fpn.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + np.cos(np.pi * min(k, args.steps) / args.steps)))
-    order_rng = np.random.default_rng(seed)
-    cfg = PipelineConfig(sigma=args.sigma)
-    losses: list[float] = []
-    fpn.train()
-    epoch, order = 0, []
-    for _ in range(args.steps):
-        if len(order) < args.batch:
-            ds.set_epoch(epoch)
-            epoch += 1
-            order = list(order_rng.permutation(len(ds)))
-        items = [ds[int(order.pop())] for _ in range(args.batch)]
-        x = torch.stack([it["image"] for it in items])
-        t = torch.stack([it["target"] for it in items]) * args.target_scale
-        loss = pixel_loss("regression", fpn(x), t, cfg, "sum") / args.batch
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    return fpn, losses
+def steps_per_epoch(args: argparse.Namespace) -> int:
+    images = args.n * args.rotations
+    return images // args.batch + (images % args.batch > 0)
 
 
 def train_config(args: argparse.Namespace, root: Path, out: Path, seed: int) -> TrainConfig:
-    """The engine config of one draw (generic dataset at ``root``)."""
-    return TrainConfig(
-        data=DataConfig(format="generic", root=str(root), train_split="train", val_split=None, sigma=args.sigma,
-                        crop=(args.crop, args.crop), flip=True, scale_range=None),
-        model=ModelConfig(variant="regression", backbone="vgg16", width=args.width),
-        optim=OptimConfig(lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch, epochs=10**6,
-                          max_steps=args.steps, loss_reduction="sum"),
-        method="fpn", seed=seed, device="cpu", out=str(out), val_every=0, tensorboard=False, progress=False,
-    )
+    """The engine config of one draw (generic dataset at ``root``): ``benchmarks/_common.py``'s
+    benchmark run with this script's budget; the epochs are the fewest that hold ``--steps``
+    steps (the learning-rate schedule runs over them; ``optim.max_steps`` stops the run)."""
+    r = recipe(args)
+    epochs = -(-args.steps // steps_per_epoch(args))
+    b = C.bench_budget(size=(args.crop, args.crop), width=args.width, epochs=epochs, branch_epoch=0, lr=args.lr,
+                       min_lr_ratio=0.0, weight_decay=args.weight_decay, density_scale=r["target_scale"],
+                       sigma=args.sigma)
+    return C.train_config("regression", "fpn", b, seed, root, out, overrides={
+        "data.crop": [args.crop, args.crop], "optim.batch_size": args.batch, "optim.max_steps": args.steps,
+        "optim.schedule": r["lr_schedule"], "model.init": r["init"], "keep_epochs": []})
 
 
 def run_draw(args: argparse.Namespace, pool: list[ImageRecord], test: list[ImageRecord], seed: int,
@@ -185,22 +151,20 @@ def run_draw(args: argparse.Namespace, pool: list[ImageRecord], test: list[Image
     chosen = [pool[i] for i in idx]
     t0 = time.perf_counter()
     root = write_draw_dataset(chosen, tmp / f"draw{seed}_data", rotations=args.rotations)
-    if args.engine == "trainer":
-        res = train(train_config(args, root, tmp / f"draw{seed}_run", seed))
-        fpn, _ = build_from_checkpoint(res.last_checkpoint)
-        losses, scale = res.step_losses, 1.0
-    else:
-        fpn, losses = train_loop(args, root, seed)
-        scale = args.target_scale
+    run = C.run_training(f"draw{seed}", train_config(args, root, tmp / f"draw{seed}_run", seed), verbose=False)
+    losses = run.step_losses
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     if args.validate:  # tuning: the pool images this draw did not pick (never the test set)
         test = [r for i, r in enumerate(pool) if i not in set(idx.tolist())]
-    raw = predict_counts(fpn, test, target_scale=scale)
-    gt = np.array([r.count for r in test], dtype=np.float64)
+    _, rows = C.evaluate_run(run.checkpoint, test)
+    raw = np.array([r["pred"] for r in rows], dtype=np.float64)
+    gt = np.array([r["gt"] for r in rows], dtype=np.float64)
     # count calibration from the draw's own training images only: factor = sum(gt) / sum(pred)
-    train_pred = predict_counts(fpn, chosen, target_scale=scale)
-    factor = float(sum(r.count for r in chosen) / train_pred.sum())
+    _, train_rows = C.evaluate_run(run.checkpoint, chosen)
+    train_pred = np.array([r["pred"] for r in train_rows], dtype=np.float64)
+    train_gt = np.array([r["gt"] for r in train_rows], dtype=np.float64)
+    factor = float(train_gt.sum() / train_pred.sum())
     pred = raw * factor if args.calibrate else raw
     m = counting_metrics(pred, gt)
     tail = losses[-max(1, len(losses) // 10):]
@@ -208,11 +172,12 @@ def run_draw(args: argparse.Namespace, pool: list[ImageRecord], test: list[Image
         "seed": seed, "train_images": [chosen_rec.name for chosen_rec in chosen],
         "mae": float(m["mae"]), "rmse": float(m["rmse"]), "mean_error": float(np.mean(pred - gt)),
         "steps": len(losses), "train_seconds": train_s, "eval_seconds": time.perf_counter() - t1,
+        "train_cpu_seconds": round(run.cpu_seconds, 2),
         "loss_first_10pct": float(np.mean(losses[:max(1, len(losses) // 10)])), "loss_last_10pct": float(np.mean(tail)),
         "pred_counts": pred.round(3).tolist(), "calibrated": bool(args.calibrate),
         "calibration_factor": factor, "mae_uncalibrated": float(np.abs(raw - gt).mean()),
         "mae_calibrated": float(np.abs(raw * factor - gt).mean()),
-        "train_images_mae_uncalibrated": float(np.abs(train_pred - np.array([r.count for r in chosen])).mean()),
+        "train_images_mae_uncalibrated": float(np.abs(train_pred - train_gt).mean()),
     }
 
 
@@ -237,12 +202,12 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                      f"{d['train_seconds']:.0f} | {d['loss_first_10pct']:.4g} / {d['loss_last_10pct']:.4g} |")
     lines += [
         "",
-        f"Model: regression FPN (VGG16 layout) width {s['width']}, from scratch ({'Kaiming-normal convs, density heads with the authors N(0, 0.01)' if s['init'] == 'kaiming' else 'seeded authors N(0, 0.01) init'}), "
-        f"{s['parameters']:,} parameters. Training ({'engine `train`, method fpn' if s['engine'] == 'trainer' else 'minimal loop: engine CrowdDataset + pixel_loss, batched forward'}): "
-        f"{s['steps']} Adam steps, lr {s['lr']:g} {s['lr_schedule']}, targets x {s['target_scale']:g}, weight decay {s['weight_decay']:g}, batch {s['batch']}, "
+        f"Model: regression FPN (VGG16 layout) width {s['width']}, from scratch ({'Kaiming-normal convs' if s['init'] == 'kaiming' else 'seeded authors N(0, 0.01) init'}), "
+        f"{s['parameters']:,} parameters. Training (`autoscale.engine.trainer.train`, method fpn, recipe `--engine {s['engine']}`): "
+        f"{s['steps']} Adam steps, lr {s['lr']:g} {s['lr_schedule']}, targets x {s['target_scale']:g} (`model.output_scale`), weight decay {s['weight_decay']:g}, batch {s['batch']}, "
         f"{s['crop']}x{s['crop']} random crops, horizontal flips + rot90 copies ({s['rotations']} orientations), "
         f"density sigma {s['sigma']:g}, deep-supervised MSE (sum). Test count = sum of the final map"
-        + (" x the draw's calibration factor (sum of GT / sum of predicted counts over its own 32 training images)." if s["calibrate"] else "."),
+        + (f" x the draw's calibration factor (sum of GT / sum of predicted counts over its own {s['n']} training images)." if s["calibrate"] else "."),
         "",
     ]
     path.write_text("\n".join(lines))
@@ -264,10 +229,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--rotations", type=int, default=4, choices=(1, 2, 3, 4), help="rot90 copies per image (1 = none)")
     ap.add_argument("--engine", choices=("trainer", "loop"), default="loop",
-                    help="autoscale.engine.trainer.train, or the minimal loop (target scaling + cosine lr)")
-    ap.add_argument("--target-scale", type=float, default=100.0, help="density target multiplier (--engine loop)")
-    ap.add_argument("--init", choices=("kaiming", "official"), default="kaiming",
-                    help="conv init for --engine loop (the trainer always uses the authors' N(0, 0.01))")
+                    help="training recipe, both trained by autoscale.engine.trainer.train: loop = target scaling, "
+                         "cosine lr, Kaiming init (what this script's former loop added); trainer = the engine's "
+                         "plain defaults")
+    ap.add_argument("--target-scale", type=float, default=None,
+                    help="density target multiplier, model.output_scale (default 100 with --engine loop, else 1)")
+    ap.add_argument("--init", choices=("kaiming", "official"), default=None,
+                    help="conv init, model.init (default kaiming with --engine loop, else official)")
     ap.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                     help="scale test counts by sum(gt)/sum(pred) over the draw's training images (both MAEs are reported)")
     ap.add_argument("--validate", action="store_true",
@@ -298,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)
     maes = [d["mae"] for d in draws]
     from autoscale.models.registry import count_parameters, get_model
+    rec, cfg = recipe(args), train_config(args, Path("<draw dataset>"), Path("<draw run>"), 0)  # draw 0's, as recorded
     result = {
         "benchmark": "vgg_cells",
         "command": " ".join(["python benchmarks/bench_cells.py", *argv]),
@@ -318,9 +287,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "weight_decay": args.weight_decay, "steps": args.steps, "batch": args.batch, "crop": args.crop,
             "rotations": args.rotations, "threads": args.threads, "test_images": len(test), "calibrate": args.calibrate,
             "evaluated_on": "pool images not drawn (validation)" if args.validate else "test images 101-200",
-            "engine": args.engine, "init": args.init if args.engine == "loop" else "official", "target_scale": args.target_scale if args.engine == "loop" else 1.0,
-            "lr_schedule": "constant" if args.engine == "trainer" else "cosine to 0",
+            "engine": args.engine, "init": rec["init"], "target_scale": rec["target_scale"],
+            "lr_schedule": (f"cosine to 0 over {cfg.optim.epochs} epochs ({cfg.optim.epochs * steps_per_epoch(args)} steps)"
+                            if rec["lr_schedule"] == "cosine" else "constant"),
+            "epochs": cfg.optim.epochs, "steps_per_epoch": steps_per_epoch(args),
             "loss": "deep-supervised MSE, sum over pixels", "method": "fpn",
+            "trained_by": "autoscale.engine.trainer.train", "scored_by": "autoscale.engine.evaluate.evaluate",
+            "train_config": config_to_dict(cfg),
             "parameters": count_parameters(get_model("fpn_regression", width=args.width)),
             "draw_rule": "np.sort(np.random.default_rng(seed).choice(100, n, replace=False)) over 001-100",
         },

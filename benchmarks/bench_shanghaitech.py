@@ -2,11 +2,17 @@
 
 No ImageNet weights can be had on this machine, so every model starts from Kaiming-initialised
 weights and trains at a reduced input resolution within a stated CPU budget (at most 45 minutes
-of one core per model). Training follows ``benchmarks/_common.py`` (the demo's loop: narrow
+of one core per model). Every model is one :func:`autoscale.engine.trainer.train` call (the code
+behind ``autoscale train``) configured as in ``benchmarks/_common.py`` (the demo's runs: narrow
 VGG16-FPN, Adam with cosine learning rate, batch 1, random horizontal flips, summed pixel losses;
-the AutoScale model branches off its FPN at ``branch_epoch`` and trains the rest with the joint
-loss, so both see the same optimiser steps). No model selection: the weights after the last
-epoch are scored, once.
+the FPN run keeps its ``branch_epoch`` checkpoint and the AutoScale run starts from it with
+``init_from`` and trains the rest with the joint loss, so both see the same optimiser steps).
+No model selection: the weights after the last epoch are scored, once, with
+:func:`autoscale.engine.evaluate.evaluate` (the FPN's dense MAE inside the AutoScale model's
+regions, passed as ``given_regions``). ``--save-dir`` keeps the two checkpoints (``<method>.pt``
+with their model cards), which ``autoscale predict`` / ``evaluate`` and ``analyze_shanghaitech.py``
+read. Train CPU time per model: the process CPU time the engine records in the checkpoint (an
+AutoScale model's includes its FPN trunk's up to the branch epoch).
 
 * ``--part B`` (default): ``part_B/train_data`` (400) -> ``part_B/test_data`` (316), every image
   1024x768 resized by ``--scale`` (default 0.25 -> 256x192). Results
@@ -34,10 +40,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,7 +59,6 @@ from autoscale.data.formats import read_dataset, write_generic_annotation, write
 from autoscale.data.image_io import read_image  # noqa: E402
 from autoscale.demo import DemoBudget, mean_baseline_mae  # noqa: E402
 from autoscale.errors import DataError  # noqa: E402
-from autoscale.models.vgg import normalize  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "shanghaitech"
 ANCHOR_MCNN_SHB = 26.4
@@ -65,18 +70,18 @@ ANCHOR_MCNN_SHB = 26.4
 BUDGETS = {
     # regression at lr 1e-3 stopped learning on these photos (epoch loss constant to 0.2 % from epoch 5
     # on, consistent with dead ReLUs); 3e-4 keeps training
-    "B": {"regression": DemoBudget(size=(192, 256), n_train=400, n_test=316, width=0.25, epochs=40, branch_epoch=30,
-                                   lr=3e-4),
-          "localization": DemoBudget(size=(192, 256), n_train=400, n_test=316, width=0.25, epochs=24,
-                                     branch_epoch=18)},
-    "A": {"regression": DemoBudget(size=(384, 512), n_train=240, n_test=60, width=0.25, epochs=20, branch_epoch=14,
-                                   lr=3e-4),
+    "B": {"regression": C.bench_budget(size=(192, 256), n_train=400, n_test=316, width=0.25, epochs=40,
+                                       branch_epoch=30, lr=3e-4),
+          "localization": C.bench_budget(size=(192, 256), n_train=400, n_test=316, width=0.25, epochs=24,
+                                         branch_epoch=18)},
+    "A": {"regression": C.bench_budget(size=(384, 512), n_train=240, n_test=60, width=0.25, epochs=20,
+                                       branch_epoch=14, lr=3e-4),
           # measured: FPN epoch ~190 s, AutoScale epoch ~580 s (a large region on every image);
           # branching at 7 projected ~51 CPU min, so the branch comes at 9 (~38 min; not yet run)
-          "localization": DemoBudget(size=(384, 512), n_train=240, n_test=60, width=0.25, epochs=10,
-                                     branch_epoch=9)},
+          "localization": C.bench_budget(size=(384, 512), n_train=240, n_test=60, width=0.25, epochs=10,
+                                         branch_epoch=9)},
 }
-SMOKE = DemoBudget(size=(64, 80), n_train=3, n_test=2, width=0.0625, epochs=2, branch_epoch=1)
+SMOKE = C.bench_budget(size=(64, 80), n_train=3, n_test=2, width=0.0625, epochs=2, branch_epoch=1)
 #: Localization counting: minima of class > 2 are not counted (as in the demo: a from-scratch
 #: model leaves shallow folds in the distance map between heads).
 MAX_HEAD_CLASS = 2
@@ -113,7 +118,8 @@ def carve_val(records: list, n_val: int, seed: int) -> tuple[list, list]:
 
 def make_data(part: str, root: Path, tmp: Path, *, scale: float, long_side: int, n_val: int, seed: int,
               limit: int | None) -> C.Data:
-    """Resized train/test (B) or train/val (A) splits of ShanghaiTech ``part`` as :class:`C.Data`."""
+    """Resized train/test (B) or train/val (A) splits of ShanghaiTech ``part``, written as a
+    generic-format dataset in ``tmp`` (splits ``train`` and ``test``), as :class:`C.Data`."""
     pdir = root / f"part_{part}"
     if part == "B":
         train = read_dataset("shanghaitech", pdir, "train")
@@ -136,63 +142,62 @@ def make_data(part: str, root: Path, tmp: Path, *, scale: float, long_side: int,
             "train_count_mean": float(trc.mean()), "test_count_mean": float(cnt.mean()),
             "test_count_min": int(cnt.min()), "test_count_max": int(cnt.max()),
             "mean_baseline_mae": mean_baseline_mae(trc, cnt)}
-    return C.Data(tr, te, [normalize(read_image(r.image_path)) for r in te], info)
+    return C.Data(tmp, tr, te, info)
 
 
-def run_variant(variant: str, data: C.Data, b: DemoBudget, seed: int, verbose: bool,
+def count_factor(checkpoint: Path, records: list) -> float | None:
+    """Count calibration from the training images only (as in bench_cells): sum(gt) / sum(pred)
+    of the model's final counts there (None when it predicts nothing: an untrained smoke model)."""
+    _, rows = C.evaluate_run(checkpoint, records)
+    total = sum(r["pred"] for r in rows)
+    return sum(r["gt"] for r in rows) / total if total > 0 else None
+
+
+def run_variant(variant: str, data: C.Data, b: DemoBudget, seed: int, verbose: bool, work: Path,
                 save_dir: Path | None = None) -> dict[str, Any]:
     H, W = max(r.height for r in data.train), max(r.width for r in data.train)
     extra: dict[str, Any] = {"max_zoom_pixels": 4 * H * W}
     if variant == "localization":
         extra["max_head_class"] = MAX_HEAD_CLASS
     cfg = C.pipeline(variant, b, **extra)
-    c0, t0 = time.process_time(), time.perf_counter()
-    trunk = C.train_trunk(variant, data, b, seed, cfg, f"fpn_{variant}", verbose)
-    c_trunk = time.process_time() - c0
-    fpn = C.finish_fpn(trunk, b, seed, f"fpn_{variant}", verbose)
-    c_fpn = time.process_time() - c0
-    c1 = time.process_time()
-    auto, info = C.branch(trunk, cfg, b, seed, f"autoscale_{variant}", verbose=verbose)
-    c_auto = c_trunk + time.process_time() - c1
+    t0 = time.perf_counter()
+    runs = {f"fpn_{variant}": C.train_fpn(f"fpn_{variant}", variant, data, b, seed, cfg, work, verbose)}
+    runs[f"autoscale_{variant}"] = C.branch(f"autoscale_{variant}", runs[f"fpn_{variant}"], data, b, seed, cfg, work,
+                                            verbose)
     train_wall = time.perf_counter() - t0
-    rows = {f"fpn_{variant}": C.predict_rows(fpn, data, single_pass=True),
-            f"autoscale_{variant}": C.predict_rows(auto, data, single_pass=False)}
-    factors = {}
-    if variant == "regression":
-        # Count calibration from the training images only (as in bench_cells): one factor
-        # sum(gt) / sum(pred) per model, applied to its test counts; reported beside the raw counts.
-        train_data = C.Data(data.train, data.train, [normalize(read_image(r.image_path)) for r in data.train], {})
-        for name, model, sp in ((f"fpn_{variant}", fpn, True), (f"autoscale_{variant}", auto, False)):
-            tr = C.predict_rows(model, train_data, single_pass=sp)
-            total = sum(r["pred"] for r in tr)
-            if total > 0:  # an untrained (smoke) model can predict nothing or negative density
-                factors[name] = sum(r["gt"] for r in tr) / total
-        del train_data
-    if save_dir is not None:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        for name, model in ((f"fpn_{variant}", fpn), (f"autoscale_{variant}", auto)):
-            torch.save({"counter": model.counter.state_dict(),
-                        "l2s": None if model.l2s is None else model.l2s.state_dict()}, save_dir / f"{name}.pt")
     ref = f"autoscale_{variant}"
+    ev = {ref: C.evaluate_run(runs[ref].checkpoint, data.test)}
+    ev[f"fpn_{variant}"] = C.evaluate_run(runs[f"fpn_{variant}"].checkpoint, data.test,
+                                          given_regions=C.regions_of(ev[ref][1]))
+    if save_dir is not None:  # the checkpoints as trained (autoscale predict / evaluate read them)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for name, run in runs.items():
+            shutil.copyfile(run.checkpoint, save_dir / f"{name}.pt")
+            shutil.copyfile(run.checkpoint.with_suffix(".json"), save_dir / f"{name}.json")
     methods = {}
-    for name, r in rows.items():
-        m = C.summarize(r)
-        d = C.dense_region_errors(r, rows[ref], mode="refined" if name == ref else "box")
+    for name in runs:  # fpn first, as in the tables
+        metrics, rows = ev[name]
+        m = C.summarize(metrics)
+        d = C.dense_own(metrics) if name == ref else C.dense_given(metrics)
         m.update(dense_mae=d["mae"], dense_rmse=d["rmse"], dense_images=d["n"], dense_regions_from=ref)
-        if name in factors:
-            gt = np.array([x["gt"] for x in r], dtype=np.float64)
-            cal = np.array([x["pred"] for x in r], dtype=np.float64) * factors[name]
-            m.update(count_factor_from_train=factors[name], mae_calibrated=float(np.abs(cal - gt).mean()),
+        factor = count_factor(runs[name].checkpoint, data.train) if variant == "regression" else None
+        if factor is not None:
+            gt = np.array([x["gt"] for x in rows], dtype=np.float64)
+            cal = np.array([x["pred"] for x in rows], dtype=np.float64) * factor
+            m.update(count_factor_from_train=factor, mae_calibrated=float(np.abs(cal - gt).mean()),
                      rmse_calibrated=float(np.sqrt(((cal - gt) ** 2).mean())))
-        m["train_cpu_seconds"] = round(c_fpn if name.startswith("fpn") else c_auto, 1)
+        # process CPU time of the training (an AutoScale model's includes its FPN trunk to the branch epoch)
+        m["train_cpu_seconds"] = round(runs[name].cpu_seconds, 1)
         m["epochs"], m["branch_epoch"] = b.epochs, b.branch_epoch
         if name == ref:
+            info = runs[name].info()
             m["center"] = info["center"]
             m["regions_per_epoch"] = info["regions_per_epoch"]
         methods[name] = m
-    return {"methods": methods, "per_image": {k: C.public_rows(v) for k, v in rows.items()},
+    return {"methods": methods, "per_image": {k: ev[k][1] for k in runs},
             "train_wall_seconds": round(train_wall, 1), "pipeline": C.budget_dict(b) | {"pipeline": extra},
-            "log": trunk.log}
+            "log": runs[f"fpn_{variant}"].history,
+            "train_config": {k: r.config for k, r in runs.items()}}
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -261,16 +266,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             machine = C.machine_info()
             for v in variants:
                 b = SMOKE if a.smoke else BUDGETS[a.part][v]
-                kw = {k: getattr(a, k) for k in ("epochs", "branch_epoch", "lr") if getattr(a, k) is not None}
-                b = replace(b, **kw) if kw else b
+                b = C.with_epochs(b, a.epochs, a.branch_epoch, **({"lr": a.lr} if a.lr is not None else {}))
                 t1 = time.perf_counter()
-                res = run_variant(v, data, b, a.seed, not a.quiet, a.save_dir)
+                res = run_variant(v, data, b, a.seed, not a.quiet, Path(tmp) / "runs", a.save_dir)
                 mine["methods"].update(res["methods"])
                 mine["per_image"].update(res["per_image"])
                 mine["runs"][v] = {"command": command, "seed": a.seed,
                                    "seconds": round(data_seconds + time.perf_counter() - t1, 1),
                                    "train_wall_seconds": res["train_wall_seconds"], "budget": res["pipeline"],
-                                   "threads": 1, "load_average_at_end": list(os.getloadavg()), "log": res["log"]}
+                                   "threads": 1, "load_average_at_end": list(os.getloadavg()), "log": res["log"],
+                                   "train_config": res["train_config"]}
         # Merge with the other variant's results (another process may have written them meanwhile).
         result: dict[str, Any] = {"methods": {}, "runs": {}, "per_image": {}}
         if out_json.exists():

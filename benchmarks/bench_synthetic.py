@@ -1,8 +1,10 @@
 """Benchmark: does our AutoScale learn, and do the paper's effects appear? (synthetic crowds)
 
 Trains, from scratch at one fixed budget (same optimiser steps, width, learning-rate schedule;
-see ``benchmarks/_common.py``), on a seeded synthetic long-tailed crowd dataset
-(:func:`autoscale.data.synth.generate_dataset`) and scores on its held-out test split:
+every model one :func:`autoscale.engine.trainer.train` call, AutoScale models branching off their
+FPN with ``init_from``; see ``benchmarks/_common.py``), on a seeded synthetic long-tailed crowd
+dataset (:func:`autoscale.data.synth.generate_dataset`) and scores with
+:func:`autoscale.engine.evaluate.evaluate` on its held-out test split:
 
 * ``fpn_regression`` vs ``autoscale_regression`` (density maps, Eq. 5 / Eq. 6);
 * ``fpn_localization`` vs ``autoscale_localization`` (distance-label maps + DCE, Eq. 7 / Eq. 8);
@@ -14,9 +16,10 @@ see ``benchmarks/_common.py``), on a seeded synthetic long-tailed crowd dataset
 Metrics: MAE, RMSE; ``dense_mae`` by the Table 8 protocol: over the test images where the
 AutoScale model of the same kind (regression models: ``autoscale_regression``; localization
 models and density peaks: ``autoscale_localization``) refines a dense region, the GT heads inside
-that region vs each model's count inside the *same* region (FPN baselines: first-pass count in
-the box; AutoScale: the re-predicted count of the zoomed region); localization P/R/F1 at fixed
-radii 4 and 8 px (maximum-cardinality matching, :mod:`autoscale.metrics`).
+that region vs each model's count inside the *same* region (FPN baselines: density sum or points
+in the box, evaluated with those boxes as ``given_regions``; AutoScale: the re-predicted count of
+the zoomed region, evaluate's ``dense_regions``); localization P/R/F1 at fixed radii 4 and 8 px
+(maximum-cardinality matching, :mod:`autoscale.metrics`).
 
 Run from the project root (``--smoke``: seconds; default: ~20 min single-threaded)::
 
@@ -37,6 +40,9 @@ import _common as C  # noqa: E402
 
 METHODS = ("fpn_regression", "autoscale_regression", "fpn_localization", "autoscale_localization",
            "fpn_localization_ce", "fpn_density_peaks_sigma2")
+#: The AutoScale model whose refined regions give each method's dense MAE (Table 8).
+REGIONS_FROM = {m: "autoscale_regression" if m.endswith("_regression") else "autoscale_localization" for m in METHODS}
+PEAKS = ("fpn_density_peaks_sigma2",)
 
 
 def run(out: Path, b: Any, *, smoke: bool, seed: int, verbose: bool, command: str) -> dict[str, Any]:
@@ -48,42 +54,40 @@ def run(out: Path, b: Any, *, smoke: bool, seed: int, verbose: bool, command: st
     with tempfile.TemporaryDirectory(prefix="bench_synth_") as tmp:
         t0 = time.perf_counter()
         data = C.make_data(Path(tmp) / "data", b, seed)
+        work = Path(tmp) / "runs"
         seconds["data"] = time.perf_counter() - t0
-        models: dict[str, tuple[Any, bool, str]] = {}  # name -> (model, single_pass, points_from)
-        train_info: dict[str, Any] = {}
-        for variant, loss in (("regression", "dce"), ("localization", "dce")):
-            cfg = C.pipeline(variant, b, loss=loss)
-            trunk = C.train_trunk(variant, data, b, seed, cfg, f"fpn_{variant}", verbose)
-            auto, info = C.branch(trunk, cfg, b, seed, f"autoscale_{variant}", verbose=verbose)
-            fpn = C.finish_fpn(trunk, b, seed, f"fpn_{variant}", verbose)
-            models[f"fpn_{variant}"] = (fpn, True, "model")
-            models[f"autoscale_{variant}"] = (auto, False, "model")
-            train_info[f"fpn_{variant}"] = {"seconds": trunk.seconds}
-            train_info[f"autoscale_{variant}"] = info
-        for name, variant, cfg, pf in (
-                ("fpn_localization_ce", "localization", C.pipeline("localization", b, loss="ce"), "model"),
-                ("fpn_density_peaks_sigma2", "regression", C.pipeline("regression", b, sigma=2.0), "density_peaks")):
-            # an FPN-only run: the trunk continued to the full budget
-            trunk = C.train_trunk(variant, data, b, seed, cfg, name, verbose)
-            models[name] = (C.finish_fpn(trunk, b, seed, name, verbose), True, pf)
-            train_info[name] = {"seconds": trunk.seconds}
+        runs: dict[str, C.Run] = {}
+        for variant in ("regression", "localization"):
+            cfg = C.pipeline(variant, b, loss="dce")
+            runs[f"fpn_{variant}"] = C.train_fpn(f"fpn_{variant}", variant, data, b, seed, cfg, work, verbose)
+            runs[f"autoscale_{variant}"] = C.branch(f"autoscale_{variant}", runs[f"fpn_{variant}"], data, b, seed, cfg,
+                                                    work, verbose)
+        # FPN-only runs: plain cross-entropy (Table 12) and sigma 2 density maps for the peaks
+        runs["fpn_localization_ce"] = C.train_fpn("fpn_localization_ce", "localization", data, b, seed,
+                                                  C.pipeline("localization", b, loss="ce"), work, verbose)
+        runs["fpn_density_peaks_sigma2"] = C.train_fpn("fpn_density_peaks_sigma2", "regression", data, b, seed,
+                                                       C.pipeline("regression", b, sigma=2.0), work, verbose)
         seconds["train"] = time.perf_counter() - t0 - seconds["data"]
 
+        # every model scored by evaluate(); the FPNs inside the regions of the AutoScale model of their kind
         t0 = time.perf_counter()
-        rows = {name: C.predict_rows(m, data, single_pass=sp, points_from=pf, keep_points=smoke)
-                for name, (m, sp, pf) in models.items()}
+        ev: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        for name in sorted(METHODS, key=lambda n: REGIONS_FROM[n] != n):  # the AutoScale models first
+            ref = REGIONS_FROM[name]
+            given = None if name == ref else C.regions_of(ev[ref][1])
+            ev[name] = C.evaluate_run(runs[name].checkpoint, data.test, peaks=name in PEAKS, given_regions=given,
+                                      keep_points=smoke)
         seconds["evaluate"] = time.perf_counter() - t0
 
     methods: dict[str, Any] = {}
     for name in METHODS:
-        ref = "autoscale_regression" if name in ("fpn_regression", "autoscale_regression") else "autoscale_localization"
-        m = C.summarize(rows[name])
-        d = C.dense_region_errors(rows[name], rows[ref], mode="refined" if name == ref else "box")
+        ref, (metrics, _) = REGIONS_FROM[name], ev[name]
+        m = C.summarize(metrics, peaks=name in PEAKS)
+        d = C.dense_own(metrics) if name == ref else C.dense_given(metrics)
         m.update(dense_mae=d["mae"], dense_rmse=d["rmse"], dense_images=d["n"], dense_regions_from=ref)
-        if name.startswith("autoscale"):
-            own_first = C.dense_region_errors(rows[name], rows[ref], mode="own_first")
-            m["dense_mae_own_first_pass"] = own_first["mae"]
-        m["train"] = train_info[name]
+        if name == ref:
+            m["dense_mae_own_first_pass"] = C.dense_own(metrics, "baseline")["mae"]
+        m["train"] = runs[name].info()
         methods[name] = m
 
     def rel_gain(base: float | None, new: float | None) -> float | None:
@@ -117,7 +121,7 @@ def run(out: Path, b: Any, *, smoke: bool, seed: int, verbose: bool, command: st
                    "dense_protocol": "Table 8: images where the AutoScale model of the same kind refined a region; GT "
                                      "heads in its region(s) vs each model's count in the same box(es): FPN first-pass "
                                      "count (density sum / points inside), AutoScale re-predicted count",
-                   "per_image": {k: C.public_rows(v) for k, v in rows.items()}})
+                   "per_image": {k: ev[k][1] for k in METHODS}})
     C.write_results(out, "synthetic", result, markdown(result))
     return result
 
@@ -130,10 +134,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"Data: {ds['n_train']} train / {ds['n_test']} test synthetic images of {ds['size_hw'][0]}x{ds['size_hw'][1]} px "
         f"(test heads per image {ds['test_count_min']}-{ds['test_count_max']}, mean {ds['test_count_mean']:.1f}); "
         f"predicting the mean train count gives MAE {ds['mean_baseline_mae']:.2f}.", "",
-        f"Training (every model the same budget): VGG16-FPN width {b['width']}, from scratch (Kaiming), Adam lr {b['lr']:g} "
-        f"cosine to {b['lr'] * b['min_lr_ratio']:g}, {b['epochs']} epochs x {b['n_train']} steps, batch 1, flips; AutoScale "
-        f"models branch off their FPN at epoch {b['branch_epoch']} and train the last {b['epochs'] - b['branch_epoch']} "
-        f"epochs with the joint loss. Density sigma {b['sigma']:g} px (2 px for the density-peak model).", "",
+        f"Training (every model one `autoscale.engine.trainer.train` call, the same budget): VGG16-FPN width "
+        f"{b['width']}, from scratch (Kaiming), Adam lr {b['lr']:g} cosine to {b['lr'] * b['min_lr_ratio']:g}, "
+        f"{b['epochs']} epochs x {b['n_train']} steps, batch 1, flips; AutoScale models branch off their FPN's "
+        f"epoch-{b['branch_epoch']} checkpoint (`init_from`) and train the last {b['epochs'] - b['branch_epoch']} "
+        f"epochs with the joint loss. Density sigma {b['sigma']:g} px (2 px for the density-peak model). "
+        "Scored with `autoscale.engine.evaluate.evaluate`.", "",
         "| method | MAE | RMSE | dense MAE (n) | P/R/F1 @4 px | P/R/F1 @8 px | refined imgs | mean zoom |",
         "|---|---|---|---|---|---|---|---|"]
     for name, m in r["methods"].items():

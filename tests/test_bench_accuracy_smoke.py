@@ -125,19 +125,23 @@ def test_synthetic_dense_protocol_same_regions(runs, gt_points):
     refined = [r for r in ref if r["regions"]]
     assert refined, "the smoke run must refine at least one region (regions from the target, no gate)"
     for r in refined:
-        for reg in r["regions"]:
-            assert reg[7] == _in_box(gt_points[r["image"]], reg[:4])
-            assert reg[4] > 0
-    gts = np.array([sum(g[7] for g in r["regions"]) for r in refined], float)
-    auto = np.array([sum(g[6] for g in r["regions"]) for r in refined], float)
+        assert all(reg[4] > 0 for reg in r["regions"])
+        assert r["region_gt"] == sum(_in_box(gt_points[r["image"]], reg[:4]) for reg in r["regions"])
+    gts = np.array([r["region_gt"] for r in refined], float)
+    auto = np.array([r["region_refined"] for r in refined], float)
     m = syn["methods"]["autoscale_localization"]
     assert m["dense_images"] == len(refined)
     assert m["dense_mae"] == pytest.approx(np.abs(auto - gts).mean())
+    own_first = np.array([r["region_first"] for r in refined], float)
+    assert m["dense_mae_own_first_pass"] == pytest.approx(np.abs(own_first - gts).mean())
     by_name = {r["image"]: r for r in ref}
     for name in ("fpn_localization", "fpn_localization_ce", "fpn_density_peaks_sigma2"):
         rows = {r["image"]: r for r in syn["per_image"][name]}
         base = np.array([sum(_in_box(rows[n]["points"], g[:4]) for g in by_name[n]["regions"])
                          for n in (r["image"] for r in refined)], float)
+        assert [rows[r["image"]]["given_gt"] for r in refined] == list(gts)
+        assert [rows[r["image"]]["given_pred"] for r in refined] == list(base)
+        assert all(r["given_gt"] is None for n, r in rows.items() if not by_name[n]["regions"])
         assert syn["methods"][name]["dense_images"] == len(refined)
         assert syn["methods"][name]["dense_mae"] == pytest.approx(np.abs(base - gts).mean())
 
