@@ -134,11 +134,13 @@ def test_speed_smoke_training_and_ddp(speed_smoke):
     assert saved["command"] == f"python benchmarks/bench_speed.py --smoke --out {out}"
     assert saved["seed"] == 0 and saved["seconds"] > 0 and len(saved["load_average_start"]) == 3
     rows = {r["case"]: r for r in saved["training"]["rows"]}
-    assert set(rows) == {"fp32/fpn/b1", "fp32/autoscale/b1", "fp32/fpn/b2", "fp32/autoscale/b2", "fp32/fpn_batched/b2"}
+    assert set(rows) == {"fp32/fpn/b1", "fp32/autoscale/b1", "fp32/fpn/b2", "fp32/autoscale/b2"}
     for r in rows.values():
         assert r["images_per_s"] == pytest.approx(r["batch"] / r["step_median_s"])
-    # the AutoScale step really ran a second pass on a region (forced by region_from="target")
-    assert rows["fp32/autoscale/b1"]["l2s_scales"] and rows["fp32/fpn/b1"]["l2s_scales"] == []
+        assert len(r["steps_s"]) == 1 and r["step_median_s"] == r["steps_s"][0] > 0
+    # every image of an AutoScale step ran a second pass on a region (forced by region_from="target")
+    assert rows["fp32/autoscale/b1"]["regions_per_step"] == [1] and rows["fp32/autoscale/b2"]["regions_per_step"] == [2]
+    assert rows["fp32/fpn/b1"]["regions_per_step"] == []
     ratio = saved["training"]["ratios"]["fp32/b1: autoscale step / fpn step"]
     assert ratio == pytest.approx(rows["fp32/autoscale/b1"]["step_median_s"] / rows["fp32/fpn/b1"]["step_median_s"])
     ddp = saved["ddp"]
