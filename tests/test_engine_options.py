@@ -204,3 +204,28 @@ def test_bf16_channels_last_training_runs(synth, tmp_path):
     fpn, _ = build_from_checkpoint(res.last_checkpoint)  # channels_last weights load into a plain model
     with torch.no_grad():
         assert torch.isfinite(fpn.eval()(torch.randn(1, 3, 48, 64)).final).all()
+
+
+def test_checkpoints_from_autoscale_train_work_in_predict_evaluate_export(synth, tmp_path):
+    """A lite-backbone model trained with the CLI loads in every command that takes a checkpoint."""
+    from autoscale.cli import main as cli_main
+
+    out = tmp_path / "run"
+    assert cli_main(["train", "--config", "shanghaitech_b_autoscale_localization_lite0", f"data.root={synth}",
+                     "data.format=generic", "data.resize=none", "model.imagenet=null", "model.width=0.25",
+                     "optim.epochs=1", "progress=false", "tensorboard=false", "device=cpu", "--out", str(out)]) == 0
+    ck = out / "last.pt"
+    card = json.loads((out / "last.json").read_text())
+    assert card["backbone"] == "efficientnet_lite0" and card["method"] == "autoscale" and card["epochs"] == 1
+    pred_dir = tmp_path / "pred"
+    images = sorted((synth / "images").glob("*.png"))[:2]
+    assert cli_main(["predict", str(images[0]), "--checkpoint", str(ck), "--out", str(pred_dir)]) == 0
+    assert (pred_dir / "counts.csv").read_text().count("\n") == 2  # header + one image
+    ev = tmp_path / "eval"
+    assert cli_main(["evaluate", "--checkpoint", str(ck), "--format", "generic", "--root", str(synth),
+                     "--split", "val", "--out", str(ev), "--no-knn"]) == 0
+    m = json.loads((ev / "metrics.json").read_text())
+    assert m["num_images"] == 2 and "localization" in m
+    pytest.importorskip("onnxruntime")
+    assert cli_main(["export", "--checkpoint", str(ck), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
+                     "--height", "48", "--width", "64"]) == 0
