@@ -51,3 +51,38 @@ def _load_benchmark(name: str):
 def load_bench():
     """``load_bench("bench_x")`` -> the imported benchmark script module."""
     return _load_benchmark
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (tiny nets: threads only contend on a shared machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """Six 48x64 synthetic crowds in the generic format: 4 ``train``, 2 ``val``."""
+    from autoscale.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, n=6, size=(48, 64), splits={"train": 4 / 6, "val": 2 / 6})
+    return root
+
+
+def tiny_train_config(root, out, **kw):
+    """A seconds-long training config (width-1/16 VGG16 regression FPN) on ``root``; overrides as
+    ``section__key=value`` (``optim__epochs=3``) or top-level ``key=value``."""
+    from autoscale.engine.config import config_from_dict
+
+    d = {"data": {"root": str(root), "sigma": 2.0, "flip": False, "noise_prob": 0.0},
+         "model": {"variant": "regression", "width": 0.0625},
+         "optim": {"lr": 1e-3, "epochs": 2, "batch_size": 2},
+         "method": "fpn", "device": "cpu", "out": str(out), "progress": False, "tensorboard": False}
+    for key, value in kw.items():
+        sec, _, name = key.rpartition("__")
+        (d.setdefault(sec, {}) if sec else d)[name] = value
+    return config_from_dict(d)
+

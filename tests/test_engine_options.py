@@ -12,40 +12,22 @@ import pytest
 import torch
 
 from autoscale.data.formats import read_dataset
-from autoscale.data.synth import generate_dataset
-from autoscale.engine.config import OptimConfig, config_from_dict
+from autoscale.engine.config import OptimConfig
 from autoscale.engine.dataset import CrowdDataset
 from autoscale.engine.trainer import build_model, lr_factor, train
 from autoscale.errors import CheckpointError
 from autoscale.models.init import ScaledCounter, fold_output_scale, init_weights
 from autoscale.models.registry import build_from_checkpoint, get_model, load_checkpoint
 from autoscale.predict import load_autoscale
+from conftest import tiny_train_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, n=6, size=(48, 64), splits={"train": 4 / 6, "val": 2 / 6})
-    return root
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(root, out, **kw):
-    d = {"data": {"root": str(root), "sigma": 2.0, "flip": True, "noise_prob": 0.0},
-         "model": {"variant": "regression", "width": 0.0625},
-         "optim": {"lr": 1e-3, "epochs": 3, "batch_size": 1},
-         "method": "fpn", "device": "cpu", "out": str(out), "progress": False, "tensorboard": False, "val_every": 0}
-    for key, value in kw.items():
-        sec, _, name = key.rpartition("__")
-        (d.setdefault(sec, {}) if sec else d)[name] = value
-    return config_from_dict(d)
+    return tiny_train_config(root, out, **{"data__flip": True, "optim__epochs": 3, "optim__batch_size": 1,
+                                           "val_every": 0, **kw})
 
 
 def _state(path):

@@ -13,39 +13,16 @@ import torch
 from autoscale import targets as T
 from autoscale.cli import main as cli_main
 from autoscale.data.formats import read_dataset
-from autoscale.data.synth import generate_dataset
 from autoscale.engine.checkpoint import load_training_checkpoint
-from autoscale.engine.config import config_from_dict
 from autoscale.engine.dataset import CrowdDataset, collate
 from autoscale.engine.trainer import train
 from autoscale.errors import AutoScaleError, CheckpointError
 from autoscale.models.registry import build_from_checkpoint
+from conftest import tiny_train_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: threads only contend on a shared machine
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, n=6, size=(48, 64), splits={"train": 4 / 6, "val": 2 / 6})
-    return root
-
-
-def _cfg(root, out, **kw):
-    d = {"data": {"root": str(root), "sigma": 2.0, "flip": False, "noise_prob": 0.0},
-         "model": {"variant": "regression", "width": 0.0625},
-         "optim": {"lr": 1e-3, "epochs": 2, "batch_size": 2},
-         "method": "fpn", "device": "cpu", "out": str(out), "progress": False, "tensorboard": False}
-    for key, value in kw.items():
-        sec, _, name = key.rpartition("__")
-        (d.setdefault(sec, {}) if sec else d)[name] = value
-    return config_from_dict(d)
+pytestmark = pytest.mark.usefixtures("one_thread")
+_cfg = tiny_train_config
 
 
 # ------------------------------------------------------------------------------------- dataset
