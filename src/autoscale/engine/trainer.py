@@ -14,7 +14,20 @@ Outputs in ``cfg.out``: ``last.pt`` (every epoch and on SIGINT/SIGTERM, written 
 ``best.pt`` (lowest validation MAE), ``history.json`` / ``history.csv`` (one row per epoch: mean
 losses, learning rate, wall time, validation metrics; AutoScale runs add ``regions``, the number of
 the epoch's images whose joint loss refined a dense region, and the centre ``center``),
-``run.json`` (marks the folder as ours), TensorBoard scalars in ``tb/`` when available.
+``epoch_<N>.pt`` for ``keep_epochs``, a model card ``<name>.json`` beside every checkpoint
+(:func:`write_model_card`), ``run.json`` (marks the folder as ours), TensorBoard scalars in ``tb/``
+when available. Checkpoints are plain models (:func:`autoscale.models.checkpoint.make_checkpoint`:
+a regression ``model.output_scale`` folded into the weights, the input normalisation recorded) plus
+the training state; ``cpu_seconds`` is the run's process CPU time (main process), an ``init_from``
+parent's included.
+
+Learning rate: ``optim.schedule`` (constant / cosine / step, optional linear warm-up) is set per
+step from the global step, so resumed and branched runs follow the same curve (:func:`lr_factor`).
+
+Branching (``init_from``): an AutoScale run starts from an FPN run's kept checkpoint with its
+weights, a copy of its Adam state, its epoch, step, RNG and schedule; a fresh L2S (and in
+``official`` centre mode the centre) join as new parameter groups. This is how the demo and the
+benchmarks compare AutoScale with its FPN at equal budgets.
 
 Resuming (``train(cfg, resume=True)`` or a checkpoint path) restores weights, optimiser, centre,
 RNG states, epoch and position inside the epoch; with data order from
