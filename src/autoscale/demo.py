@@ -79,7 +79,8 @@ class DemoBudget:
         density_scale: regression ``model.output_scale`` (the network learns this x density).
         sigma: density kernel sigma in pixels.
         bf16: bf16 autocast + channels_last in training (``bf16``, ``channels_last``).
-        threads: torch CPU threads (None = leave torch's default).
+        threads: torch CPU threads (None = leave torch's default). Default 1: a Lite0 step on a
+            128x160 image takes 0.07-0.09 s on one thread and 0.12-0.13 s on two (measured here).
         max_head_class: localization minima above this class are not counted (see
             :func:`autoscale.postprocess.count_people`).
     """
@@ -100,7 +101,7 @@ class DemoBudget:
     density_scale: float = 100.0
     sigma: float = 4.0
     bf16: bool = False
-    threads: int | None = None
+    threads: int | None = 1
     max_head_class: int | None = 2
 
     def __post_init__(self) -> None:

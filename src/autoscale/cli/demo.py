@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes for drawing the images (default 1)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs of both variants")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; use 1 when another job holds a core)")
+                   help="torch CPU threads (default 1: faster than 2 for the demo's small images)")
     p.add_argument("--no-figures", action="store_true", help="skip the matplotlib figures")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run)
