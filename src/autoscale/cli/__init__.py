@@ -3,6 +3,10 @@
 Each command lives in its own module here with a ``register(subparsers)`` function that adds
 its parser and sets ``func``; this module assembles them. Errors we raise on purpose
 (:class:`autoscale.errors.AutoScaleError`) end as one line on stderr and exit code 2.
+
+The commands that read images (:data:`IMAGE_COMMANDS`) take ``--max-pixels N``: the decoding limit
+of :mod:`autoscale.data.image_io` (default 250 million pixels; ``none`` = no limit), set as
+``AUTOSCALE_MAX_PIXELS`` for the command's duration (data-loader workers inherit it).
 """
 from __future__ import annotations
 
@@ -35,6 +39,21 @@ COMMAND_MODULES: list[tuple[str, str | None]] = [
 
 GROUP_HELP = {"data": "dataset tools: statistics, synthetic crowds, ground-truth targets"}
 
+#: Commands that decode images (or read their headers): they take ``--max-pixels``.
+IMAGE_COMMANDS = ("predict", "evaluate", "train", "data stats", "data targets")
+
+
+def _max_pixels(value: str) -> str:
+    if value.strip().lower() == "none":
+        return "none"
+    try:
+        n = int(value.replace("_", ""))
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'none', got {value!r}")
+    return str(n)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoscale", description=__doc__.splitlines()[0])
@@ -51,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
             groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="COMMAND")
             gp.set_defaults(func=lambda args, _gp=gp: (_gp.print_help(), 2)[1])
         module.register(groups[group])
+    leaves = dict(top.choices)
+    for group, sub in groups.items():
+        leaves.update({f"{group} {name}": p for name, p in sub.choices.items()})
+    for name in IMAGE_COMMANDS:
+        leaves[name].add_argument(
+            "--max-pixels", type=_max_pixels, default=None, metavar="N",
+            help="refuse images larger than N pixels (width x height, from the header; default 250000000 "
+                 "or $AUTOSCALE_MAX_PIXELS; 'none' = no limit): a guard against decompression bombs")
     return parser
 
 
@@ -60,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    max_pixels = getattr(args, "max_pixels", None)
+    saved = os.environ.get("AUTOSCALE_MAX_PIXELS")
+    if max_pixels is not None:
+        os.environ["AUTOSCALE_MAX_PIXELS"] = max_pixels
     try:
         rc = args.func(args)
     except AutoScaleError as exc:
@@ -71,4 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoscale: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if max_pixels is not None:  # in-process callers (tests, notebooks) get their environment back
+            if saved is None:
+                os.environ.pop("AUTOSCALE_MAX_PIXELS", None)
+            else:
+                os.environ["AUTOSCALE_MAX_PIXELS"] = saved
     return int(rc or 0)

@@ -16,35 +16,132 @@ Mode handling (Pillow modes):
   the usual 8 -> 16 bit expansion ``v * 257``); an ``I`` image whose values exceed 65535 is
   scaled by ``2**32 - 1`` instead.  ``F`` (float): clipped to ``[0, 255]`` and rounded.
 * ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's conversion to RGB.
+
+Decoding limit: an image whose header declares more than :func:`max_pixels` pixels (width x
+height; default :data:`DEFAULT_MAX_PIXELS` = 250 million, e.g. 20000 x 12500) is refused with a
+:class:`DataError` naming the file and the declared size, before any pixel is decoded (a
+"decompression bomb" declares billions of pixels in a few bytes). Set the environment variable
+``AUTOSCALE_MAX_PIXELS`` (a number of pixels, or ``none`` for no limit; the CLI's ``--max-pixels``
+sets it) to change it. Below the limit Pillow's own ``DecompressionBombWarning`` / ``Error`` (89 /
+179 million pixels by default) never fire: this limit replaces Pillow's while we decode. (Pillow's
+limit is a module global: headers are parsed with it off, under a short lock; an image larger than
+Pillow's limit is decoded under that lock with Pillow's limit set to ours; every other image
+decodes without the lock, in parallel with other threads.) The same limit applies to video frames
+(:mod:`autoscale.predict`).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+import warnings
+from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from autoscale.errors import DataError
+from autoscale.errors import ConfigError, DataError
 
-__all__ = ["read_image", "image_size", "to_rgb_array"]
+__all__ = ["read_image", "image_size", "to_rgb_array", "max_pixels", "check_pixels", "DEFAULT_MAX_PIXELS",
+           "MAX_PIXELS_ENV"]
+
+#: Largest image (width x height, as its header declares) decoded by default: 250 million pixels,
+#: well above any camera photo (200 MP phones) and far below a decompression bomb's billions.
+DEFAULT_MAX_PIXELS = 250_000_000
+#: Environment variable overriding :data:`DEFAULT_MAX_PIXELS` (pixels, or ``none`` = no limit).
+MAX_PIXELS_ENV = "AUTOSCALE_MAX_PIXELS"
+# Guards Pillow's module-global limit while we swap it (module docstring).
+_PILLOW_LOCK = threading.Lock()
 
 _EXIF_ORIENTATION = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transposes / 90-degree rotations swap width and height
 
 
+def max_pixels() -> int | None:
+    """The decoding limit in pixels: ``$AUTOSCALE_MAX_PIXELS`` when set (``none``/``0`` = no
+    limit), else :data:`DEFAULT_MAX_PIXELS`. A malformed value is a :class:`ConfigError`."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if raw.lower() in ("none", "off", "0"):
+        return None
+    try:
+        value = float(raw.replace("_", ""))
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 and value == int(value)):
+        raise ConfigError(f"environment variable {MAX_PIXELS_ENV}={raw!r}: expected a positive whole number "
+                          f"of pixels (e.g. 400000000) or 'none'")
+    return int(value)
+
+
+def check_pixels(path: str | PathLike[str], width: int, height: int, limit: int | None = -1) -> None:
+    """Refuse an image (or video frame) of ``width x height`` above ``limit`` (default
+    :func:`max_pixels`; None = no limit) with a one-line :class:`DataError`."""
+    if limit == -1:
+        limit = max_pixels()
+    if limit is not None and int(width) * int(height) > limit:
+        raise DataError(path, f"image declares {width}x{height} = {int(width) * int(height):,} pixels, above the "
+                              f"decoding limit of {limit:,} (possible decompression bomb; raise the limit with "
+                              f"{MAX_PIXELS_ENV}=N or --max-pixels N)")
+
+
 def _open(path: Path) -> Image.Image:
-    """Open lazily (header only), translating every failure into :class:`DataError`."""
+    """Open lazily (header only), translating every failure into :class:`DataError`, and refuse a
+    declared size above :func:`max_pixels`. Pillow's own check is off meanwhile: ours names the
+    file and the size, and a large legitimate image gets no warning."""
+    limit = max_pixels()
     if not path.exists():
         raise DataError(path, "image file not found")
     if not path.is_file():
         raise DataError(path, "not a regular file (expected an image)")
+    with _PILLOW_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            img = Image.open(path)
+        except UnidentifiedImageError:
+            raise DataError(path, "cannot decode image: not a recognised image format") from None
+        except (OSError, ValueError, SyntaxError) as exc:  # Pillow raises SyntaxError for some headers
+            raise DataError(path, f"cannot decode image: {exc}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     try:
-        return Image.open(path)
-    except UnidentifiedImageError:
-        raise DataError(path, "cannot decode image: not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # Pillow raises SyntaxError for some headers
-        raise DataError(path, f"cannot decode image: {exc}") from None
+        check_pixels(path, *img.size, limit=limit)
+    except DataError:
+        img.close()
+        raise
+    return img
+
+
+@contextlib.contextmanager
+def _decoding(path: Path, size: tuple[int, int]) -> Iterator[None]:
+    """Around the pixel decode of an image of ``size`` (checked against our limit by
+    :func:`_open`). Pillow re-checks sizes while decoding (a TIFF's tiles, a GIF's frames): when
+    the image is larger than Pillow's own limit, its limit is set to ours for the decode, under the
+    lock, and its warning raised as an error; otherwise nothing global is touched. A part declared
+    above the limit becomes a :class:`DataError`."""
+    pixels = max(1, size[0]) * max(1, size[1])
+    with _PILLOW_LOCK:  # our other writers only ever lift the limit: an unlocked decode never sees it lower
+        pillow = Image.MAX_IMAGE_PIXELS
+    if pillow is None or pixels <= pillow:
+        try:
+            yield
+        except Image.DecompressionBombError as exc:  # a part far larger than the image itself
+            raise DataError(path, f"cannot decode image: {exc}") from None
+        return
+    with _PILLOW_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = max_pixels()
+        try:
+            yield
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(path, f"cannot decode image: {exc} (raise the limit with {MAX_PIXELS_ENV}=N "
+                                  f"or --max-pixels N)") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow
 
 
 def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
@@ -94,12 +191,13 @@ def read_image(path: str | PathLike[str], *, exif: bool = False) -> np.ndarray:
             annotations refer to the stored pixel grid.
 
     Raises:
-        DataError: missing file, unrecognised format, truncated or corrupt data.
+        DataError: missing file, unrecognised format, truncated or corrupt data, or a declared size
+            above :func:`max_pixels`.
     """
     p = Path(path)
     img = _open(p)
     try:
-        with img:
+        with img, _decoding(p, img.size):
             img.load()  # full decode: raises on truncated / corrupt data
             if exif:
                 img = ImageOps.exif_transpose(img)
@@ -120,7 +218,8 @@ def image_size(path: str | PathLike[str], *, exif: bool = False) -> tuple[int, i
     swap for orientations 5-8). Truncated pixel data is *not* detected here; :func:`read_image` is.
 
     Raises:
-        DataError: missing file or unrecognised / corrupt header.
+        DataError: missing file, unrecognised / corrupt header, or a declared size above
+            :func:`max_pixels`.
     """
     p = Path(path)
     img = _open(p)
