@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoscale.errors import CheckpointError
-from autoscale.models.vgg import check_state_dict, scaled
+from autoscale.models.vgg import check_state_dict, load_torch_file, scaled
 
 __all__ = [
     "LITE_ARCHS",
@@ -385,17 +385,13 @@ def load_imagenet_efficientnet(path: str | PathLike[str], arch: str = "efficient
 
     Loaded with ``torch.load(weights_only=True, map_location="cpu")``. Every key of the
     efficientnet_pytorch layout (``EfficientNetLite(arch).state_dict()``) must be present with its
-    shape and no other key may appear; otherwise :class:`CheckpointError` lists all offenders.
+    shape and no other key may appear; otherwise :class:`CheckpointError` summarises the offenders.
     """
     _params(arch)
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: ImageNet weights file not found; {_install_hint(arch)}")
-    try:
-        state = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt file
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{p}: cannot read as a torch checkpoint ({type(exc).__name__}: {first})") from exc
+    state = load_torch_file(p)
     if not isinstance(state, dict):
         raise CheckpointError(f"{p}: expected a state_dict (dict), got {type(state).__name__}")
     check_state_dict(state, expected_shapes(arch), f"{p} ({arch} ImageNet weights)")

@@ -278,7 +278,7 @@ class _FPNBase(nn.Module):
         :func:`~autoscale.models.efficientnet_lite.imagenet_weights_path`): every ``_conv_stem``,
         ``_bn0`` and ``_blocks`` tensor, BatchNorm running statistics included (``official_init``
         has no meaning there and is refused). Returns the copied ``backbone.*`` keys. A width or
-        shape mismatch raises :class:`CheckpointError` listing every offending key.
+        shape mismatch raises :class:`CheckpointError` summarising the offending keys.
         """
         arch = self.backbone.arch
         if arch in LITE_BACKBONES:

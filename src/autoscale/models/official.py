@@ -32,7 +32,7 @@ from autoscale.errors import CheckpointError
 from autoscale.models.fpn import LocalizationFPN, RegressionFPN
 from autoscale.models.l2s import L2S
 from autoscale.models.registry import CHECKPOINT_FORMAT, backbone_normalization
-from autoscale.models.vgg import conv_indices, pool_indices
+from autoscale.models.vgg import conv_indices, load_torch_file, pool_indices
 
 __all__ = ["VARIANTS", "convert_official", "official_shapes", "read_official", "to_official"]
 
@@ -119,22 +119,9 @@ def _check_variant(variant: str) -> None:
 
 
 def _problems(state: dict[str, Any], expected: dict[str, tuple[int, ...]]) -> list[str]:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shaped = sorted(
-        f"{k} {tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__}"
-        f" (expected {list(expected[k])})"
-        for k in set(state) & set(expected)
-        if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != tuple(expected[k])
-    )
-    out = []
-    if missing:
-        out.append(f"missing keys {missing}")
-    if unexpected:
-        out.append(f"unexpected keys {unexpected}")
-    if shaped:
-        out.append(f"mis-shaped keys {shaped}")
-    return out
+    from autoscale.models.vgg import key_problems
+
+    return key_problems(state, expected)
 
 
 def _strip(state: Any, source: str, what: str) -> tuple[dict[str, torch.Tensor], bool]:
@@ -158,10 +145,7 @@ def read_official(src_path: str | PathLike[str]) -> dict[str, Any]:
     p = Path(src_path)
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint file not found")
-    try:
-        raw = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{p}: cannot read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    raw = load_torch_file(p)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{p}: expected a dict with 'state_dict', got {type(raw).__name__}")
     return raw
@@ -172,7 +156,7 @@ def convert_official(src_path: str | PathLike[str] | dict[str, Any], variant: st
 
     Accepts ``'state_dict'`` or the legacy ``'pre_state_dict'``, keys with or without ``module.``;
     ``'rate_state_dict'`` is optional (``l2s_state_dict`` is then None). Raises
-    :class:`CheckpointError` listing every missing / unexpected / mis-shaped key.
+    :class:`CheckpointError` summarising the missing / unexpected / mis-shaped keys (counts, first names).
     """
     _check_variant(variant)
     source = "<dict>" if isinstance(src_path, dict) else str(src_path)

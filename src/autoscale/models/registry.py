@@ -27,7 +27,7 @@ from autoscale.errors import CheckpointError, ConfigError
 from autoscale.models.efficientnet_lite import LITE_MEAN, LITE_STD, imagenet_weights_path
 from autoscale.models.fpn import BACKBONES, LITE_BACKBONES, LocalizationFPN, RegressionFPN
 from autoscale.models.l2s import L2S
-from autoscale.models.vgg import IMAGENET_FILES, IMAGENET_MEAN, IMAGENET_STD, normalize
+from autoscale.models.vgg import IMAGENET_FILES, IMAGENET_MEAN, IMAGENET_STD, load_torch_file, normalize
 
 __all__ = [
     "BACKBONES",
@@ -118,11 +118,7 @@ def load_checkpoint(path: str | PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint file not found")
-    try:
-        ckpt = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{p}: cannot read as a torch checkpoint ({type(exc).__name__}: {first})") from exc
+    ckpt = load_torch_file(p)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{p}: not an autoscale checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -246,12 +242,15 @@ def l2s_localization(
                 weights=weights, official=official)
 
 
-def build_from_checkpoint(ckpt: dict[str, Any] | str | PathLike[str]) -> tuple[nn.Module, L2S | None]:
-    """Rebuild ``(fpn, l2s)`` from one of our checkpoints (dict or path), loading strictly."""
-    source = "checkpoint"
+def build_from_checkpoint(ckpt: dict[str, Any] | str | PathLike[str], *,
+                          source: str | None = None) -> tuple[nn.Module, L2S | None]:
+    """Rebuild ``(fpn, l2s)`` from one of our checkpoints (dict or path), loading strictly.
+    Errors name ``source`` (default: the path, or ``"checkpoint"`` for a dict) and summarise the
+    mismatching keys (:func:`autoscale.models.vgg.check_state_dict`)."""
     if not isinstance(ckpt, dict):
-        source = str(ckpt)
+        source = source or str(ckpt)
         ckpt = load_checkpoint(ckpt)
+    source = source or "checkpoint"
     name, kwargs = ckpt["model"]["name"], dict(ckpt["model"].get("kwargs", {}))
     fpn = get_model(name, **kwargs)
     _load_strict(fpn, ckpt["state_dict"], f"{source} (fpn)")

@@ -9,8 +9,11 @@ narrow networks for tests; only ``width=1`` matches the ImageNet weights.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +29,8 @@ __all__ = [
     "VGG",
     "check_state_dict",
     "conv_indices",
+    "key_problems",
+    "load_torch_file",
     "load_imagenet_vgg",
     "make_layers",
     "normalize",
@@ -126,28 +131,63 @@ def expected_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def load_torch_file(path: Path) -> Any:
+    """``torch.load(path, weights_only=True, map_location="cpu")``: tensors and plain values only,
+    never code. Any failure is one :class:`CheckpointError` line naming ``path``; a file that holds
+    pickled objects or code says so (torch's own message spans lines and suggests
+    ``weights_only=False``, which would run that code)."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt or foreign file
+        text = str(exc)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if "Weights only load failed" in text:
+            why = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), "")
+            detail = "it holds pickled objects or code, which are never unpickled" + (f": {why}" if why else "")
+        else:
+            first = lines[0] if lines else ""
+            detail = f"{type(exc).__name__}: {first if len(first) <= 200 else first[:197] + '...'}"
+        raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({detail})") from exc
+
+
+def _natural(key: str) -> list[Any]:
+    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", key)]
+
+
+def _first(items: list[str], n: int) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def key_problems(state: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], *, show: int = 4) -> list[str]:
+    """How ``state`` differs from ``expected`` (key -> shape), summarised: one entry each for the
+    missing, unexpected and mis-shaped keys with their count and the first ``show`` names (natural
+    order; a whole different network is hundreds of keys, so never the full list). Empty = fits."""
+    def shape(v: Any) -> str:
+        return str(tuple(v.shape)) if isinstance(v, torch.Tensor) else type(v).__name__
+
+    missing = sorted((k for k in expected if k not in state), key=_natural)
+    unexpected = sorted((str(k) for k in state if k not in expected), key=_natural)
+    shaped = [f"{k} {shape(state[k])} (expected {tuple(expected[k])})"
+              for k in sorted((k for k in state if k in expected), key=_natural)
+              if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != tuple(expected[k])]
+    out = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
+        if keys:
+            out.append(f"{what} keys ({len(keys)}): {_first(keys, show)}")
+    return out
+
+
 def check_state_dict(
     state: dict[str, torch.Tensor],
     expected: dict[str, tuple[int, ...]],
     source: str,
 ) -> None:
-    """Raise :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
-    problems = []
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shaped = sorted(
-        f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
-        for k in set(state) & set(expected)
-        if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != tuple(expected[k])
-    )
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if shaped:
-        problems.append(f"mis-shaped keys {shaped}")
+    """Raise one :class:`CheckpointError` line naming ``source`` when ``state`` does not fit
+    ``expected``: the counts of missing, unexpected and mis-shaped keys and the first few names
+    of each (:func:`key_problems`)."""
+    problems = key_problems(state, expected)
     if problems:
-        raise CheckpointError(f"{source}: " + "; ".join(problems))
+        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(problems))
 
 
 def load_imagenet_vgg(path: str | PathLike[str], arch: str = "vgg16") -> dict[str, torch.Tensor]:
@@ -155,7 +195,7 @@ def load_imagenet_vgg(path: str | PathLike[str], arch: str = "vgg16") -> dict[st
 
     ``path`` is e.g. ``vgg16-397923af.pth``. Loaded with ``torch.load(weights_only=True,
     map_location="cpu")``. Every key of torchvision's layout must be present with its shape and
-    no other key may appear; otherwise :class:`CheckpointError` lists all offenders.
+    no other key may appear; otherwise :class:`CheckpointError` summarises the offenders.
     """
     _check_arch(arch)
     p = Path(path)
@@ -164,10 +204,7 @@ def load_imagenet_vgg(path: str | PathLike[str], arch: str = "vgg16") -> dict[st
             f"{p}: ImageNet weights file not found; ImageNet weights must be supplied locally "
             f"(torchvision's {IMAGENET_FILES[arch]}); nothing is downloaded"
         )
-    try:
-        state = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt file
-        raise CheckpointError(f"{p}: cannot read as a torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    state = load_torch_file(p)
     if not isinstance(state, dict):
         raise CheckpointError(f"{p}: expected a state_dict (dict), got {type(state).__name__}")
     check_state_dict(state, expected_shapes(arch), f"{p} ({arch} ImageNet weights)")
