@@ -264,16 +264,36 @@ def test_bad_inputs_one_line_exit_2(tmp_path, ckpts, capsys):
         Predictor.from_checkpoint(ckpts["regression"])(np.zeros((8, 8, 3), np.float32))
 
 
-def test_stale_outputs_removed_and_single_corrupt_image(tmp_path, ckpts):
+def test_failed_run_keeps_earlier_outputs_and_a_new_run_replaces_them(tmp_path, ckpts):
+    """A run that counts nothing (single corrupt image, or a folder of them) fails with one
+    DataError and leaves the earlier run's outputs untouched; a run that counts replaces counts.*."""
     out = tmp_path / "out"
-    out.mkdir()
+    (out / "maps").mkdir(parents=True)
     (out / "counts.csv").write_text("image,count\nold,1\n")
+    (out / "counts.json").write_text("{}\n")
+    (out / "maps" / "old.npy").write_bytes(b"old map")
+    before = {q: q.read_bytes() for q in out.rglob("*") if q.is_file()}
     corrupt = tmp_path / "c.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    folder = tmp_path / "bad_folder"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
     p = Predictor.from_checkpoint(ckpts["regression"])
     with pytest.raises(DataError, match="c.png"):
         predict_paths(p, corrupt, out)
-    assert not (out / "counts.csv").exists()
+    notices: list[str] = []
+    with pytest.raises(DataError, match=r"bad_folder: none of the 2 inputs could be read \(first: a.png"):
+        predict_paths(p, folder, out, log=notices.append)
+    assert notices == []  # the skip notices are folded into the one error
+    assert {q: q.read_bytes() for q in out.rglob("*") if q.is_file()} == before
+    assert sorted(q.name for q in out.iterdir()) == ["counts.csv", "counts.json", "maps"]
+    with pytest.raises(DataError, match="c.png"):
+        predict_paths(p, corrupt, tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # not even created
+    save_png(folder / "c.png", crowd_image(24, 24))
+    predict_paths(p, folder, out, log=notices.append, overlays=False)
+    assert list(read_counts_csv(out / "counts.csv")) == ["c"] and len(notices) == 2
 
 
 def test_checkpoint_without_pipeline_or_l2s(tmp_path):

@@ -51,8 +51,10 @@ Output layout of :func:`predict_paths` (``DIR``)::
     nwpu_counts.txt       "id count" (with nwpu=True; id = numeric file stem)
     nwpu_loc.txt          "id num x y ..." (with nwpu=True; integer coordinates, floor)
 
-Every file is written to a temporary name and renamed into place, and stale ``counts.*`` from an
-earlier run are removed first, so an interrupted run never leaves a file that looks complete.
+Every file is written to a temporary name and renamed into place. ``DIR`` is only touched once the
+first image has been counted: then the stale ``counts.*`` of an earlier run are removed, so an
+interrupted run never leaves a file that looks complete. A run that counts nothing (its only input,
+or every input, unreadable) fails with one :class:`DataError` and leaves ``DIR`` as it was.
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ import numpy as np
 import torch
 
 from autoscale.data.formats import natural_key
-from autoscale.data.image_io import to_rgb_array, read_image
+from autoscale.data.image_io import check_pixels, read_image, to_rgb_array
 from autoscale.data.preprocess import ResizeRule
 from autoscale.errors import AutoScaleError, CheckpointError, ConfigError, DataError
 from autoscale.models.registry import build_from_checkpoint, load_checkpoint
@@ -98,6 +100,11 @@ __all__ = [
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 PointsMode = Literal["auto", "peaks", "none"]
+
+# A corrupt video makes OpenCV's FFmpeg backend print FFmpeg's own log lines ("moov atom not
+# found") before our one-line report. FFmpeg's level is read once, when OpenCV first uses FFmpeg:
+# quiet it before any video is opened; an explicit setting in the environment wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -172,11 +179,12 @@ def load_autoscale(
     if cfg.variant != ck_variant:
         raise CheckpointError(f"{source}: a {ck_variant} checkpoint, but the pipeline config is {cfg.variant}")
     try:
-        fpn, l2s = build_from_checkpoint(ckpt)
+        fpn, l2s = build_from_checkpoint(ckpt, source=source)
     except AutoScaleError:
         raise
-    except Exception as exc:  # noqa: BLE001 - shape / key mismatches from torch
-        raise CheckpointError(f"{source}: cannot build the model ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - foreign model kwargs, torch's own load errors
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"{source}: cannot build the model ({type(exc).__name__}: {first})") from None
     model = AutoScale(fpn, l2s, cfg, normalization=_normalization(ckpt, source)).to(_device(device)).eval()
     return model, ckpt
 
@@ -410,6 +418,19 @@ def _points_csv(points: np.ndarray) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def _check_out(out_dir: Path) -> None:
+    """Refuse an output path that cannot become a writable folder, without creating or changing
+    anything (the folder is prepared by :func:`_prepare_out` once there is something to write)."""
+    existing = out_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists and is not a directory" if existing == out_dir else f"lies under {existing}, not a directory"
+        raise DataError(out_dir, f"cannot write the output directory (the path {what})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(out_dir, f"cannot write the output directory ({existing}: permission denied)")
+
+
 def _prepare_out(out_dir: Path) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -445,13 +466,46 @@ def _expand_inputs(inputs: str | PathLike[str] | Sequence[str | PathLike[str]]) 
     return out
 
 
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log lines (``[ WARN:0] ... VIDEOIO(FFMPEG): ...``) silenced meanwhile: the
+    failures they describe are reported by us, as one line."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:  # pragma: no cover - every OpenCV 4/5 build has it
+        yield
+        return
+    old = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        log.setLogLevel(old)
+
+
+def _open_video(path: Path) -> cv2.VideoCapture:
+    """Open with the FFmpeg backend when OpenCV has it (no fallback to OpenCV's built-in AVI
+    parser, which prints to stderr itself), quietly; :class:`DataError` when it cannot be opened
+    or its frames are above the decoding limit (:func:`autoscale.data.image_io.max_pixels`)."""
+    with _quiet_opencv():
+        api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+        cap = cv2.VideoCapture(str(path), api)
+        opened = cap.isOpened()
+    if not opened:
+        cap.release()
+        raise DataError(path, "cannot open video (unsupported codec or corrupt file)")
+    try:
+        check_pixels(path, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    except DataError:
+        cap.release()
+        raise
+    return cap
+
+
 def _video_frames(path: Path, every_n_frames: int | None, fps: float | None) -> Iterator[tuple[int, np.ndarray]]:
     """Sampled ``(frame index, RGB frame)``: every ``every_n_frames``-th frame (default 1), or
     ``fps`` frames per second (step ``max(1, round(video_fps / fps))``; step 1 when the file states
     no frame rate). Frame 0 is always the first sample."""
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise DataError(path, "cannot open video (unsupported codec or corrupt file)")
+    cap = _open_video(path)
     try:
         if fps is not None:
             native = cap.get(cv2.CAP_PROP_FPS) or 0.0
@@ -461,12 +515,16 @@ def _video_frames(path: Path, every_n_frames: int | None, fps: float | None) -> 
         idx = 0
         while True:
             if idx % step == 0:
-                ok, frame = cap.read()
+                with _quiet_opencv():
+                    ok, frame = cap.read()
                 if not ok:
                     break
                 yield idx, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            elif not cap.grab():
-                break
+            else:
+                with _quiet_opencv():
+                    ok = cap.grab()
+                if not ok:
+                    break
             idx += 1
     finally:
         cap.release()
@@ -493,8 +551,9 @@ def predict_paths(
 
     Returns:
         The counts.json content. Raises :class:`DataError` for a missing input, an unwritable
-        ``out_dir``, a lone unreadable image, or when no input could be read at all (then no
-        counts.csv/json are written).
+        ``out_dir``, a lone unreadable image or video, or when no input could be read at all; then
+        ``out_dir`` is left exactly as it was (an earlier run's outputs stay intact), and the
+        notices about skipped inputs are folded into that one error.
     """
     if every_n_frames is not None and fps is not None:
         raise ConfigError("give either every_n_frames or fps, not both")
@@ -503,8 +562,13 @@ def predict_paths(
     if fps is not None and not fps > 0:
         raise ConfigError(f"fps must be > 0, got {fps}")
     items = _expand_inputs(inputs)
-    out = _prepare_out(Path(out_dir))
+    out_path = Path(out_dir)
+    _check_out(out_path)
+    out = out_path  # prepared (stale counts.* removed) by the first counted image, not before
+    prepared = False
     say = log or (lambda msg: print(msg, file=sys.stderr))
+    held: list[str] = []  # notices about skipped inputs, printed once an image has been counted
+    failures: list[tuple[Path, str]] = []
     records: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
     used: set[str] = set()
@@ -518,8 +582,24 @@ def predict_paths(
         used.add(name)
         return name
 
+    def skipped(path: Path, problem: str, error: str) -> None:
+        errors.append({"image": str(path), "error": error})
+        failures.append((path, problem))
+        msg = f"autoscale: skipped {path}: {problem}"
+        if prepared:
+            say(msg)
+        else:
+            held.append(msg)
+
     def process(rgb: np.ndarray, name: str, source: str) -> None:
+        nonlocal prepared
         pred = predictor.predict_array(rgb, name=name)
+        if not prepared:
+            _prepare_out(out_path)
+            prepared = True
+            for msg in held:
+                say(msg)
+            held.clear()
         if save_maps:
             _atomic_write(out / "maps" / f"{name}.npy", _npy_bytes(pred.map))
         _atomic_write(out / "points" / f"{name}.csv", _points_csv(pred.points))
@@ -544,24 +624,33 @@ def predict_paths(
     for kind, path in items:
         if kind == "video":
             n_before = len(records)
-            for idx, frame in _video_frames(path, every_n_frames, fps):
-                process(frame, unique(f"{path.stem}_f{idx:06d}"), f"{path}#frame={idx}")
+            try:
+                for idx, frame in _video_frames(path, every_n_frames, fps):
+                    process(frame, unique(f"{path.stem}_f{idx:06d}"), f"{path}#frame={idx}")
+            except DataError as exc:
+                if len(items) == 1 or exc.path != str(path):
+                    raise
+                skipped(path, exc.problem, str(exc))
+                continue
             if len(records) == n_before:
-                errors.append({"image": str(path), "error": "no frames could be decoded"})
-                say(f"autoscale: skipped {path}: no frames could be decoded")
+                skipped(path, "no frames could be decoded", "no frames could be decoded")
             continue
         try:
             rgb = read_image(path, exif=True)
         except DataError as exc:
             if len(items) == 1:
                 raise
-            errors.append({"image": str(path), "error": str(exc)})
-            say(f"autoscale: skipped {path}: {exc.problem}")
+            skipped(path, exc.problem, str(exc))
             continue
         process(rgb, unique(path.stem), str(path))
 
     if not records:
-        raise DataError(Path(items[0][1]), "no input could be read; nothing predicted")
+        if len(failures) == 1:
+            raise DataError(*failures[0])
+        source = Path(inputs) if isinstance(inputs, (str, PathLike)) else failures[0][0]
+        first, problem = failures[0]
+        raise DataError(source, f"none of the {len(failures)} inputs could be read (first: {first.name}: {problem}); "
+                                f"nothing predicted, {out_path} left as it was")
     if nwpu:
         from autoscale.metrics.nwpu import write_counts, write_loc_pred
 
