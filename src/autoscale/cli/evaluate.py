@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from autoscale.data.formats import get_format, read_dataset
     from autoscale.engine.evaluate import evaluate
-    from autoscale.errors import ConfigError
+    from autoscale.errors import ConfigError, DataError
 
     pipeline = None
     outside = "drop"
@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         if args.format is None or args.root is None:
             raise ConfigError("give --config CONFIG|PRESET, or both --format and --root")
         fmt, root, resize = args.format, args.root, None
+        try:
+            get_format(fmt)
+        except ConfigError as exc:
+            raise ConfigError(f"--format: {exc}") from None
     if not (args.resize or resize):  # the resolution the model was trained at, else the format's paper rule
         from autoscale.models.registry import load_checkpoint
         from autoscale.predict import trained_resize
@@ -95,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     records = read_dataset(fmt, root, args.split, outside=outside)
     if args.limit:
         records = records[: args.limit]
+    if not any(r.annotated for r in records):
+        what = "no images" if not records else f"no annotated images ({len(records)} without ground truth)"
+        raise DataError(get_format(fmt).split_path(root, args.split),
+                        f"split {args.split!r} of format {fmt!r} has {what}; nothing to evaluate")
     m = evaluate(args.checkpoint, records, pipeline_cfg=pipeline, out_dir=args.out, resize=resize,
                  single_pass=args.single_pass, sigmas=sigmas, knn=not args.no_knn, device=args.device,
                  progress=not args.no_progress and sys.stderr.isatty(),

@@ -302,6 +302,12 @@ class DatasetFormat(ABC):
     def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
         """Read the records (any order); ``root`` exists and ``split`` is valid."""
 
+    @classmethod
+    def split_path(cls, root: PathLikeStr, split: str) -> Path:
+        """The file or folder that defines ``split`` under ``root`` (its list file, or the folder
+        its images are listed from): what an error about the split's content should name."""
+        return Path(root)
+
 
 class ShanghaiTech(DatasetFormat):
     """ShanghaiTech part A/B; ``root`` is the part folder (``part_B``, ``part_A_final``, ...).
@@ -325,6 +331,10 @@ class ShanghaiTech(DatasetFormat):
     @classmethod
     def sigma_for(cls, root: PathLikeStr) -> float:
         return cls._SIGMA_BY_PART.get(cls.part_of(root) or "", cls.default_sigma)
+
+    @classmethod
+    def split_path(cls, root: PathLikeStr, split: str) -> Path:
+        return Path(root) / f"{split}_data" / "images"
 
     @staticmethod
     def load_locations(path: Path) -> np.ndarray:
@@ -359,6 +369,10 @@ class QNRF(DatasetFormat):
     default_sigma = 6.0  # official density_generate_QNRF.py
     paper_sigma = 8.0  # paper Sec. 4.2
     resize_rule = "paper_2048"
+
+    @classmethod
+    def split_path(cls, root: PathLikeStr, split: str) -> Path:
+        return Path(root) / split.capitalize()
 
     @classmethod
     def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
@@ -413,6 +427,10 @@ class JHU(DatasetFormat):
                 "distractor": distractor,
             }
         return labels
+
+    @classmethod
+    def split_path(cls, root: PathLikeStr, split: str) -> Path:
+        return Path(root) / split / "images"
 
     @classmethod
     def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
@@ -474,6 +492,10 @@ class NWPU(DatasetFormat):
     resize_rule = "paper_2048"
 
     @classmethod
+    def split_path(cls, root: PathLikeStr, split: str) -> Path:
+        return Path(root) / f"{split}.txt"
+
+    @classmethod
     def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
         list_path = root / f"{split}.txt"
         img_dir = _require_dir(root / "images", "image folder")
@@ -524,6 +546,10 @@ class TRANCOS(DatasetFormat):
     default_sigma = 4.0
     resize_rule = "none"
     _ALIASES: ClassVar[dict[str, str]] = {"train": "training", "val": "validation"}
+
+    @classmethod
+    def split_path(cls, root: PathLikeStr, split: str) -> Path:
+        return Path(root) / "image_sets" / f"{cls._ALIASES.get(split, split)}.txt"
 
     @classmethod
     def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
@@ -672,6 +698,10 @@ class Generic(DatasetFormat):
                 raise DataError(roi_path, f"ROI mask named in {path.name} not found")
             return pts, boxes, dict(meta), roi_path
         return pts, boxes, dict(meta), None
+
+    @classmethod
+    def split_path(cls, root: PathLikeStr, split: str) -> Path:
+        return Path(root) / f"{split}.txt"
 
     @classmethod
     def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:

@@ -285,9 +285,12 @@ def _validate(cfg: TrainConfig, where: str) -> None:
     from autoscale.data.formats import get_format
     from autoscale.data.preprocess import get_resize_rule
 
-    get_format(d.format)
-    if d.resize is not None:
-        get_resize_rule(d.resize)
+    for key, value, check in (("data.format", d.format, get_format), ("data.resize", d.resize, get_resize_rule)):
+        if value is not None:
+            try:
+                check(value)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}config key {key!r}: {exc}") from None
     checks = [
         ("data.sigma", d.sigma is None or d.sigma > 0, "must be > 0"),
         ("data.crop", d.crop is None or min(d.crop) >= 1, "must be positive [h, w]"),
@@ -364,8 +367,13 @@ def list_presets() -> list[str]:
 def preset_path(name: str) -> Path:
     p = PRESET_DIR / f"{name}.yaml"
     if not p.is_file():
-        raise ConfigError(f"unknown preset {name!r}; see `autoscale train --list-presets` "
-                          f"(available: {', '.join(list_presets())})")
+        import difflib
+
+        names = list_presets()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"unknown preset {name!r} (and no such config file); {hint}"
+                          f"`autoscale train --list-presets` lists all {len(names)}")
     return p
 
 

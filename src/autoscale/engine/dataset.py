@@ -40,7 +40,7 @@ from autoscale import targets as T
 from autoscale.data.image_io import read_image
 from autoscale.data.preprocess import ResizeRule, get_resize_rule
 from autoscale.data.record import ImageRecord
-from autoscale.errors import ConfigError
+from autoscale.errors import ConfigError, DataError
 from autoscale.models.registry import backbone_normalization
 from autoscale.models.vgg import normalize
 
@@ -249,15 +249,20 @@ def resolve_resize(data_cfg: Any) -> str:
 def build_dataset(cfg: Any, split: str, *, train: bool, limit: int | None = None) -> CrowdDataset:
     """The :class:`CrowdDataset` of ``split`` for a :class:`~autoscale.engine.config.TrainConfig`
     (training augmentations only when ``train``). ``limit``: keep the first N records."""
-    from autoscale.data.formats import read_dataset
+    from pathlib import Path
+
+    from autoscale.data.formats import get_format, read_dataset
 
     d = cfg.data
+    if not Path(d.root).is_dir():
+        raise DataError(d.root, "dataset root not found (config key 'data.root'; expected a directory)")
     records = read_dataset(d.format, d.root, split, outside=d.outside)
     records = [r for r in records if r.annotated] if train else records
     if limit is not None:
         records = records[:limit]
     if not records:
-        raise ConfigError(f"{d.root}: split {split!r} of format {d.format!r} has no usable images")
+        raise ConfigError(f"{get_format(d.format).split_path(d.root, split)}: split {split!r} of format "
+                          f"{d.format!r} has no usable images")
     return CrowdDataset(
         records, cfg.model.variant, sigma=resolve_sigma(d), edges=tuple(cfg.pipeline.edges),
         resize_rule=resolve_resize(d), train=train, crop=d.crop if train else None,

@@ -16,10 +16,12 @@ losses, learning rate, wall time, validation metrics; AutoScale runs add ``regio
 the epoch's images whose joint loss refined a dense region, and the centre ``center``),
 ``epoch_<N>.pt`` for ``keep_epochs``, a model card ``<name>.json`` beside every checkpoint
 (:func:`write_model_card`), ``run.json`` (marks the folder as ours), TensorBoard scalars in ``tb/``
-when available. Checkpoints are plain models (:func:`autoscale.models.checkpoint.make_checkpoint`:
-a regression ``model.output_scale`` folded into the weights, the input normalisation recorded) plus
-the training state; ``cpu_seconds`` is the run's process CPU time (main process), an ``init_from``
-parent's included.
+when available. Nothing is written to ``cfg.out`` (not even the folder) before the datasets and the
+model have been built: a run that fails on its data or config leaves the folder as it was.
+Checkpoints are plain models (:func:`autoscale.models.checkpoint.make_checkpoint`: a regression
+``model.output_scale`` folded into the weights, the input normalisation recorded) plus the training
+state; ``cpu_seconds`` is the run's process CPU time (main process), an ``init_from`` parent's
+included.
 
 Learning rate: ``optim.schedule`` (constant / cosine / step, optional linear warm-up) is set per
 step from the global step, so resumed and branched runs follow the same curve (:func:`lr_factor`).
@@ -192,15 +194,18 @@ def write_model_card(ckpt_path: Path, ckpt: dict[str, Any], extra: dict[str, Any
     return path
 
 
-def _prepare_out(out: Path, resume: bool) -> None:
-    """Create ``out``; refuse a foreign non-empty folder or (without resume) a finished run."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise AutoScaleError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
+def _check_out(out: Path, resume: bool) -> None:
+    """Refuse a foreign non-empty folder, (without resume) a finished run, or a path that cannot
+    become a writable folder - without creating or writing anything."""
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AutoScaleError(f"{out}: output folder is not writable ({existing} is not a directory)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AutoScaleError(f"{out}: output folder is not writable ({existing}: permission denied)")
+    if existing != out:
+        return
     entries = [p for p in out.iterdir() if p.name != ".write_test"]
     if entries and not (out / RUN_MARKER).is_file():
         raise AutoScaleError(f"{out}: output folder is not empty and not an autoscale training run; "
@@ -208,6 +213,20 @@ def _prepare_out(out: Path, resume: bool) -> None:
     if (out / "last.pt").exists() and not resume:
         raise AutoScaleError(f"{out}: already holds a training run (last.pt); pass --resume to continue it "
                              f"or choose another out=...")
+
+
+def _prepare_out(out: Path, resume: bool, cfg: TrainConfig) -> None:
+    """Check ``out`` again (:func:`_check_out`), create it and write the run marker."""
+    _check_out(out, resume)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise AutoScaleError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
+    (out / RUN_MARKER).write_text(json.dumps({"autoscale_train": True, "config": config_to_dict(cfg),
+                                              "code_version": code_version()}, indent=1) + "\n")
 
 
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
@@ -357,10 +376,7 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
             raise CheckpointError(f"{ckpt_path}: no checkpoint to resume from")
     parent = _load_init_from(cfg) if cfg.init_from and ckpt_path is None else None
     if info.is_main:
-        _prepare_out(out, resume=bool(resume))
-        (out / RUN_MARKER).write_text(json.dumps({"autoscale_train": True, "config": config_to_dict(cfg),
-                                                  "code_version": code_version()}, indent=1) + "\n")
-    D.barrier(info)
+        _check_out(out, resume=bool(resume))  # fail early, but write nothing yet
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -374,6 +390,10 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
     model = build_model(cfg).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # Data and model are built: only now does the output folder get created and marked.
+    if info.is_main:
+        _prepare_out(out, bool(resume), cfg)
+    D.barrier(info)
     counter, l2s = model.counter, model.l2s
     fpn, out_factor = unwrap_counter(counter)
     center = None
