@@ -3,6 +3,10 @@
 Both files use the NWPU-Crowd localization formats (:mod:`autoscale.metrics.nwpu`):
 GT ``id num x y sigma_s sigma_l level ...``, predictions ``id num x y ...``. Counting metrics use
 the per-image point counts (the ``num`` fields), as the official scorer does.
+
+An empty GT file is an error (it lists no image). An empty prediction file is a valid input: every
+GT image absent from the predictions counts as predicting nobody, so it scores tp 0 (precision
+n/a). The report is computed in full before anything is printed.
 """
 from __future__ import annotations
 
@@ -65,14 +69,21 @@ def evaluate(gt_path: str, pred_path: str, sigma: str | float) -> dict:
     return {k: _clean(v) for k, v in out.items()}
 
 
+def _num(v: float | None, digits: int) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def report(out: dict) -> str:
+    """The text report of :func:`evaluate`'s result (undefined metrics as ``n/a``)."""
+    return "\n".join([
+        f"images {out['n_images']}  sigma {out['sigma']}",
+        f"precision {_num(out['precision'], 5)}  recall {_num(out['recall'], 5)}  f1 {_num(out['f1'], 5)}  "
+        f"(tp {out['tp']}, fp {out['fp']}, fn {out['fn']})",
+        f"mae {_num(out['mae'], 2)}  rmse {_num(out['rmse'], 2)}  nae {_num(out['nae'], 4)}",
+    ])
+
+
 def run(args: argparse.Namespace) -> int:
     out = evaluate(args.gt, args.pred, args.sigma)
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    print(f"images {out['n_images']}  sigma {out['sigma']}")
-    print(f"precision {out['precision']:.5f}  recall {out['recall']:.5f}  f1 {out['f1']:.5f}  "
-          f"(tp {out['tp']}, fp {out['fp']}, fn {out['fn']})")
-    nae = "n/a" if out["nae"] is None else f"{out['nae']:.4f}"
-    print(f"mae {out['mae']:.2f}  rmse {out['rmse']:.2f}  nae {nae}")
+    print(json.dumps(out) if args.json else report(out))  # built in full first: never half a report
     return 0

@@ -118,11 +118,17 @@ def read_loc_gt(path: PathLikeStr) -> dict[int, LocGT]:
     """Read a localization GT file ``id num x y sigma_s sigma_l level ...``.
 
     Returns ``{id: LocGT(points (N,2), sigma_s (N,), sigma_l (N,), level (N,))}`` in file order.
-    Thresholds must be >= 0 and levels integers.
+    Thresholds must be >= 0 and levels integers. A file without any image line (empty, or blank
+    lines only) is a :class:`DataError`: a GT file lists every image, even one without people
+    (``id 0``), so there is nothing to score against.
     """
     out: dict[int, LocGT] = {}
     seen: dict[int, int] = {}
-    for no, tokens in _lines(path):
+    lines = list(_lines(path))
+    if not lines:
+        raise DataError(path, "empty localization ground-truth file: no image lines "
+                              "('id num x y sigma_s sigma_l level ...'); nothing to score against")
+    for no, tokens in lines:
         img_id, num = _header(path, no, tokens, seen, 5, "id num x y sigma_s sigma_l level ...")
         vals = _float_tokens(path, no, tokens[2:]).reshape(num, 5)
         if np.any(vals[:, 2:4] < 0):
