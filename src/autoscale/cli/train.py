@@ -51,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     last = result.history[-1] if result.history else {}
-    msg = f"autoscale train: done, {result.epoch} epochs, {result.step} steps; last checkpoint {result.last_checkpoint}"
+    msg = f"autoscale train: done, {result.epoch} epochs, {result.step} steps"
+    skipped = sum(int(r.get("skipped", 0)) for r in result.history if r.get("source") != "init_from")
+    if skipped:
+        msg += f" ({skipped} skipped for a non-finite loss or gradient)"
+    msg += f"; last checkpoint {result.last_checkpoint}"
     if result.best_checkpoint is not None and "val_mae" in last:
         best = min(r["val_mae"] for r in result.history if "val_mae" in r)
         msg += f"; best val MAE {best:.3f} in {result.best_checkpoint}"

@@ -132,6 +132,12 @@ class OptimConfig:
         warmup_epochs: linear warm-up from 0 over this many epochs (fractions allowed).
         min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the base rate.
         milestones / gamma: the ``step`` schedule.
+        nonfinite: what a step with a non-finite (NaN/Inf) loss or gradient does: ``stop`` (an
+            error naming the epoch, step and image(s); the checkpoints on disk stay as they were)
+            or ``skip`` (the step is not applied: no optimiser step, gradients and the forward
+            pass's buffer updates dropped; it still counts as a step of the schedule; a warning
+            per skipped step, the epoch's count in the history row's ``skipped``; an epoch whose
+            every step is skipped stops with an error).
     """
 
     lr: float = 1e-7
@@ -151,6 +157,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass

@@ -35,12 +35,24 @@ Resuming (``train(cfg, resume=True)`` or a checkpoint path) restores weights, op
 RNG states, epoch and position inside the epoch; with data order from
 ``DistributedSampler(seed).set_epoch(epoch)`` and augmentation drawn from ``(seed, epoch, index)``
 the continued run computes the same losses as an uninterrupted one.
+
+Faults (docs/reliability.md): a step whose loss (any image's, on any rank) or gradient is NaN/Inf
+is never applied. ``optim.nonfinite="stop"`` (default) raises one :class:`AutoScaleError` line
+naming the image file(s), epoch, step and what ``last.pt`` holds; nothing is written after the
+last completed epoch. ``"skip"`` drops the step (no optimiser step, gradients cleared, the
+buffers its forward pass changed restored) but counts it in the step position and learning-rate
+schedule, prints one warning per skipped step (main process), records the epoch's count as
+``skipped`` in the history row and ``skipped_in_epoch`` in mid-epoch checkpoints (exact resume),
+and raises when every step of an epoch was skipped. A checkpoint is never written with non-finite
+weights, and a failed write (disk full) raises one line naming the file and saying the previous
+one is intact (:func:`autoscale.engine.checkpoint.save_atomic`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -188,10 +200,22 @@ def write_model_card(ckpt_path: Path, ckpt: dict[str, Any], extra: dict[str, Any
     }
     card.update(extra or {})
     path = ckpt_path.with_suffix(".json")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=1) + "\n")
-    os.replace(tmp, path)
+    _write_text_atomic(path, json.dumps(card, indent=1) + "\n", "model card")
     return path
+
+
+def _write_text_atomic(path: Path, text: str, what: str, newline: str | None = None) -> None:
+    """Write ``text`` to ``path.tmp``, then replace ``path``; a disk error (full, quota) removes the
+    ``.tmp`` file, keeps any previous ``path`` and raises one :class:`AutoScaleError` line."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, newline=newline)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise AutoScaleError(f"{path}: cannot write {what} ({exc.strerror or exc}); {kept}") from None
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -225,21 +249,20 @@ def _prepare_out(out: Path, resume: bool, cfg: TrainConfig) -> None:
         probe.unlink()
     except OSError as exc:
         raise AutoScaleError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
-    (out / RUN_MARKER).write_text(json.dumps({"autoscale_train": True, "config": config_to_dict(cfg),
-                                              "code_version": code_version()}, indent=1) + "\n")
+    _write_text_atomic(out / RUN_MARKER, json.dumps({"autoscale_train": True, "config": config_to_dict(cfg),
+                                                     "code_version": code_version()}, indent=1) + "\n", "run marker")
 
 
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
-    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    _write_text_atomic(out / "history.json", json.dumps(history, indent=1) + "\n", "training history")
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    tmp = out / "history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, out / "history.csv")
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    _write_text_atomic(out / "history.csv", buf.getvalue(), "training history", newline="")
 
 
 def _tensorboard(out: Path, enabled: bool) -> Any:
@@ -291,6 +314,31 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Every element of every tensor is finite (one device sync for all of them)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None and t.is_floating_point()]
+    return not flags or bool(torch.stack(flags).all())
+
+
+def _grads_finite(params: list[torch.nn.Parameter]) -> bool:
+    """No gradient element is NaN or infinite (the max-norm over all gradients is finite: one
+    pass over the gradients, one device sync, no overflow)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    try:
+        norms = torch._foreach_norm(grads, math.inf)
+    except (AttributeError, RuntimeError, TypeError):  # a torch without the fused norm
+        norms = [g.detach().abs().max() for g in grads]
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
+def _name_images(paths: list[str], show: int = 3) -> str:
+    """``a.jpg, b.jpg and 4 more``: the first ``show`` paths and how many others."""
+    head = ", ".join(paths[:show])
+    return head + (f" and {len(paths) - show} more" if len(paths) > show else "")
 
 
 def _move_target(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -410,6 +458,8 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
     optimizer = torch.optim.Adam(groups)
 
     epoch, batch_in_epoch, step, history, best_mae, cpu_base = 0, 0, 0, [], None, 0.0
+    skipped_in_epoch = 0  # steps of the current epoch skipped for a non-finite loss (optim.nonfinite=skip)
+    last_saved: tuple[int, int] | None = None  # (epoch, step) that out/last.pt holds, when known
     if parent is not None:
         # Branch off an FPN run: its weights, a copy of its Adam state (the parent's tensors must
         # never be shared) for the counter group, its position and RNG; new groups start fresh.
@@ -446,6 +496,9 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
             raise CheckpointError(f"{ckpt_path}: does not match this config's model ({str(exc).splitlines()[0]})") from None
         epoch, batch_in_epoch, step = int(ck["epoch"]), int(ck["batch_in_epoch"]), int(ck["step"])
         history, best_mae = list(ck["history"]), ck["best_mae"]
+        skipped_in_epoch = int(ck.get("skipped_in_epoch", 0))
+        if ckpt_path.resolve() == (out / "last.pt").resolve():
+            last_saved = (epoch, step)
         cpu_base = float(ck.get("cpu_seconds", 0.0))
         set_rng_state(ck["rng"])
         if info.is_main:
@@ -459,6 +512,11 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
         train_model = AutoScale(ddp, l2s, model.config)
     manual_sync = ([*l2s.parameters()] if l2s is not None else []) + (
         [*center.parameters()] if center is not None and o.center_mode == "official" else [])
+    all_params = [p for g in optimizer.param_groups for p in g["params"]]
+    # optim.nonfinite=skip restores what a skipped step's forward pass changed (BatchNorm
+    # statistics, the paper-mode centre accumulators) from a copy taken before it.
+    step_buffers = [*model.buffers(), *(center.buffers() if center is not None else [])]
+    skip_nonfinite = o.nonfinite == "skip"
 
     base_sampler = DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                       seed=cfg.seed, drop_last=False)
@@ -472,18 +530,49 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
     grad_scale = cfg.model.output_scale ** 2 if cfg.model.variant == "regression" else 1.0
     cpu0 = time.process_time()
 
+    def kept() -> str:
+        """What the output folder still holds, for an error that stops training."""
+        if last_saved is not None:
+            return f"{last_path} holds epoch {last_saved[0]}, step {last_saved[1]}"
+        return f"{last_path} is as it was" if last_path.exists() else f"no {last_path.name} was written"
+
     def save(path: Path, metrics: dict[str, Any] | None = None) -> None:
+        nonlocal last_saved
         if not info.is_main:
             return
+        if not _all_finite([*model.parameters(), *(center.parameters() if center is not None else [])]):
+            raise AutoScaleError(f"{path}: not written: the model's weights are non-finite at epoch {epoch}, "
+                                 f"step {step}; {kept()}; lower optim.lr or check the data")
         payload = model_checkpoint(
             model, cfg, epoch=epoch, batch_in_epoch=batch_in_epoch, step=step,
             optimizer=optimizer.state_dict(), center=None if center is None else center.state_dict(),
             rng=rng_state(), history=history, best_mae=best_mae, metrics=metrics or {},
-            cpu_seconds=cpu_base + time.process_time() - cpu0)
+            cpu_seconds=cpu_base + time.process_time() - cpu0, skipped_in_epoch=skipped_in_epoch)
         if out_factor != 1.0:  # the unfolded weights, for an exact resume
             payload["train_state_dict"] = cpu_state_dict(fpn)
-        save_atomic(payload, path)
-        write_model_card(path, payload)
+        try:
+            save_atomic(payload, path)
+            write_model_card(path, payload)
+        except AutoScaleError as exc:
+            hint = f"{kept()}; free space and continue with --resume" if last_path.exists() else "free space and run again"
+            raise AutoScaleError(f"{exc}; training stopped at epoch {epoch}, step {step} ({hint})") from None
+        if path == last_path:
+            last_saved = (epoch, step)
+
+    def nonfinite(what: str, where: list[tuple[str, str]]) -> None:
+        """A step with a non-finite loss or gradient ``what`` on the images ``where`` ((path, loss)
+        on this rank): stop with one error line (optim.nonfinite=stop) or warn that it is skipped."""
+        where = [w for part in D.gather_objects(where, info) for w in part]
+        values = sorted({v for _, v in where if v})
+        what = f"non-finite training {what}" + (f" ({', '.join(values)})" if values else "")
+        at = f"epoch {epoch + 1}, step {step + 1} (batch {batch_in_epoch + 1} of {steps_per_epoch})"
+        names = _name_images([w for w, _ in where])
+        if not skip_nonfinite:
+            these = "the image and its annotation" if len(where) == 1 else "these images and their annotations"
+            raise AutoScaleError(f"{names}: {what} at {at}; training stopped, {kept()}; lower optim.lr, check "
+                                 f"{these}, or set optim.nonfinite=skip to skip such steps")
+        if info.is_main:
+            print(f"autoscale train: warning: skipped {at}: {what} for {names}", file=sys.stderr, flush=True)
 
     def train_mode() -> None:
         model.train()
@@ -521,45 +610,66 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
                 terms = torch.zeros(5, dtype=torch.float64)
                 n_img = len(batch["name"])
                 loss = None
-                for img, pts, tgt in _samples(batch):
+                snapshot = [t.detach().clone() for t in step_buffers] if skip_nonfinite else None
+                bad: list[tuple[str, str]] = []  # (image, loss) of the images whose own loss is non-finite
+                for i, (img, pts, tgt) in enumerate(_samples(batch)):
                     img, tgt = img[None].to(device, memory_format=fmt), _move_target(tgt, device)
                     with autocast():
                         if cfg.method == "autoscale":
                             bd = joint_loss(train_model, img, pts, tgt, center, reduction=o.loss_reduction, refine=True)
                             li = bd.total
-                            terms += torch.tensor([float(li.detach()), bd.first, bd.refine, bd.center,
+                            value = float(li.detach())
+                            terms += torch.tensor([value, bd.first, bd.refine, bd.center,
                                                    float(bd.region is not None)], dtype=torch.float64)
                         else:
                             li = pixel_loss(cfg.model.variant, train_model.counter(img), tgt, model.config, o.loss_reduction)
-                            terms += torch.tensor([float(li.detach()), float(li.detach()), 0.0, 0.0, 0.0], dtype=torch.float64)
+                            value = float(li.detach())
+                            terms += torch.tensor([value, value, 0.0, 0.0, 0.0], dtype=torch.float64)
+                    if not math.isfinite(value):
+                        bad.append((str(train_ds.records[int(batch["index"][i])].image_path), f"{value}"))
                     li = li.float() / n_img
                     loss = li if loss is None else loss + li
-                if not torch.isfinite(loss):
-                    raise AutoScaleError(f"non-finite training loss at epoch {epoch + 1}, step {step + 1} "
-                                         f"(images {batch['name']}); lower optim.lr or check the data")
+                if not bad and not torch.isfinite(loss):  # each image finite, their mean is not
+                    bad = [(str(train_ds.records[int(k)].image_path), f"{float(loss.detach())}") for k in batch["index"]]
+                fault = "loss" if D.any_flag(bool(bad), device, info) else None
+                if fault is not None and not skip_nonfinite:
+                    nonfinite(fault, bad)  # stops before the backward pass
                 factor = lr_factor(step, steps_per_epoch, o)
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor
                 optimizer.zero_grad(set_to_none=True)
                 (loss * grad_scale if grad_scale != 1.0 else loss).backward()
                 D.all_reduce_grads(manual_sync, info)
-                if o.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], o.grad_clip)
-                optimizer.step()
-                step += 1
+                if fault is None and not _grads_finite(all_params):  # the same gradients on every rank
+                    fault = "gradient"
+                    bad = [(str(train_ds.records[int(k)].image_path), "") for k in batch["index"]]
+                if fault is None:
+                    if o.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], o.grad_clip)
+                    optimizer.step()
+                else:  # stop, or skip: no optimiser step, gradients and the forward's buffer updates dropped
+                    nonfinite(fault, bad)
+                    optimizer.zero_grad(set_to_none=True)
+                    for t, saved in zip(step_buffers, snapshot):
+                        t.copy_(saved)
+                step += 1  # a skipped step still counts: the schedule and resume positions stay the same
                 batch_in_epoch += 1
-                n_steps += 1
-                glob = D.all_reduce_sum(torch.cat([terms, torch.tensor([float(n_img)], dtype=torch.float64)]).to(device), info).cpu()
-                mean = (glob[:4] / glob[5]).tolist()
-                n_regions += int(glob[4])
-                result.step_losses.append(mean[0])
-                for k, v in zip(("loss", "loss_first", "loss_refine", "loss_center"), mean):
-                    sums[k] = sums.get(k, 0.0) + v
+                if fault is None:
+                    n_steps += 1
+                    glob = D.all_reduce_sum(torch.cat([terms, torch.tensor([float(n_img)], dtype=torch.float64)]).to(device), info).cpu()
+                    mean = (glob[:4] / glob[5]).tolist()
+                    n_regions += int(glob[4])
+                    result.step_losses.append(mean[0])
+                    for k, v in zip(("loss", "loss_first", "loss_refine", "loss_center"), mean):
+                        sums[k] = sums.get(k, 0.0) + v
+                else:
+                    skipped_in_epoch += 1
+                    result.step_losses.append(math.nan)
                 if o.center_every is not None and step % o.center_every == 0:
                     sync_center_step()
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{mean[0]:.4g}")
+                    bar.set_postfix(loss=f"{mean[0]:.4g}" if fault is None else "skipped")
                 if D.any_flag(stop.set, device, info):
                     break
                 if o.max_steps is not None and step >= o.max_steps:
@@ -578,6 +688,10 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
                 save(last_path)
                 break
             # -- end of epoch ------------------------------------------------------------------
+            if skipped_in_epoch and skipped_in_epoch >= batch_in_epoch:  # optim.nonfinite=skip; none applied
+                raise AutoScaleError(f"{out}: every step of epoch {epoch + 1} had a non-finite loss or gradient "
+                                     f"({skipped_in_epoch} skipped, see the warnings); training stopped, {kept()}; "
+                                     f"lower optim.lr or check the data")
             if o.center_every is None:
                 sync_center_step()
             epoch += 1
@@ -585,6 +699,9 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
             row: dict[str, Any] = {"epoch": epoch, "step": step}
             row.update({k: v / max(n_steps, 1) for k, v in sums.items()})
             row["lr"] = o.lr * lr_factor(step - 1, steps_per_epoch, o)
+            if skip_nonfinite:
+                row["skipped"] = skipped_in_epoch
+            skipped_in_epoch = 0
             if cfg.method == "autoscale":
                 row["regions"] = n_regions
             if center is not None:
