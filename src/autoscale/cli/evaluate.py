@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-knn", action="store_true", help="skip the KNN-threshold localization metrics")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--skip-unannotated", action="store_true",
+                   help="leave out images that have no annotation file (stray files in a dataset folder), with a "
+                        "one-line notice, instead of stopping with an error (also config key data.skip_unannotated); "
+                        "their number goes to metrics.json as skipped_stray")
     p.add_argument("--points-from-density-peaks", action="store_true",
                    help="regression models: score the density map's local maxima as points (P/R/F1, "
                         "Table 12's density-peaks baseline); counts stay density sums")
@@ -53,12 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoscale.data.formats import get_format, read_dataset
+    from pathlib import Path
+
+    from autoscale.data.formats import get_format, read_dataset, skipped_notice
     from autoscale.engine.evaluate import evaluate
     from autoscale.errors import ConfigError, DataError
 
     pipeline = None
     outside = "drop"
+    skip_unannotated = bool(args.skip_unannotated)
     if args.config is not None:
         from autoscale.engine.config import load_config
 
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"data.format={args.format}")
         cfg = load_config(args.config, overrides)
         fmt, root, resize, outside = cfg.data.format, cfg.data.root, cfg.data.resize, cfg.data.outside
+        skip_unannotated = skip_unannotated or cfg.data.skip_unannotated
         if args.pipeline_from_config:
             pipeline = cfg.pipeline
     else:
@@ -96,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
         from autoscale.engine.evaluate import read_region_boxes
 
         given = read_region_boxes(args.regions_from)
-    records = read_dataset(fmt, root, args.split, outside=outside)
+    skipped: list[Path] = []
+    records = read_dataset(fmt, root, args.split, outside=outside, skip_unannotated=skip_unannotated, skipped=skipped)
+    if skipped:
+        print(f"autoscale: notice: {skipped_notice(skipped, get_format(fmt).split_path(root, args.split))}",
+              file=sys.stderr, flush=True)
     if args.limit:
         records = records[: args.limit]
     if not any(r.annotated for r in records):
@@ -106,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     m = evaluate(args.checkpoint, records, pipeline_cfg=pipeline, out_dir=args.out, resize=resize,
                  single_pass=args.single_pass, sigmas=sigmas, knn=not args.no_knn, device=args.device,
                  progress=not args.no_progress and sys.stderr.isatty(),
-                 points_from_density_peaks=args.points_from_density_peaks, given_regions=given)
+                 points_from_density_peaks=args.points_from_density_peaks, given_regions=given,
+                 skipped_stray=len(skipped))
     c = m["counting"]
     summary = {"images": m["num_images"], "mae": c["mae"], "rmse": c["rmse"], "nae": c["nae"]}
     if "localization" in m:

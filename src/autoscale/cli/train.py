@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="continue from OUT/last.pt, or from the checkpoint PATH")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the config's device")
     p.add_argument("--out", metavar="DIR", help="override the config's output folder")
+    p.add_argument("--skip-unannotated", action="store_true",
+                   help="leave out images that have no annotation file (stray files in a dataset folder), "
+                        "with a one-line notice, instead of stopping with an error (= data.skip_unannotated=true)")
     p.add_argument("--list-presets", action="store_true", help="list the bundled presets and exit")
     p.set_defaults(func=run)
 
@@ -44,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     if args.out:
         overrides.append(f"out={args.out}")
+    if args.skip_unannotated:
+        overrides.append("data.skip_unannotated=true")
     cfg = load_config(args.config, overrides)
     from autoscale.engine.trainer import train
 

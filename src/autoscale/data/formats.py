@@ -28,6 +28,18 @@ name by :meth:`DatasetFormat.sigma_for`). UCF-QNRF: the paper (Sec. 4.2) says 8 
 ``density_generate_QNRF.py`` uses 6; we default to 6 and keep 8 in ``paper_sigma``. JHU 8 and NWPU 6
 agree in paper and code. TRANCOS, VGG cells and generic data are not in the paper; 4 is our choice
 (small, well-separated objects).
+
+Images without an annotation (stray files: real mirrors have them, e.g. an ``IMG_999.jpg`` without
+``GT_IMG_999.mat``) are handled the same way by every folder-based reader (``shanghaitech``,
+``qnrf``, ``jhu``, ``vgg_cells``: an image in the split's folder; ``nwpu``, ``trancos``: an image
+the split's list file names, whose annotation file is missing): one :class:`DataError` naming the
+split's folder or list file, how many images lack an annotation and the first few names; with
+``skip_unannotated=True`` (CLI ``--skip-unannotated``, config ``data.skip_unannotated``) they are
+left out and reported to the caller (:meth:`DatasetFormat.read`'s ``skipped``). Images a list file
+does not name are never read. ``generic`` reads only what its list file names, with the
+annotation that line (or the image's name) gives: a missing one stays an error there. NWPU's
+``test`` split is a different case: its ground truth is withheld, so its images are records with
+``annotated=False`` (evaluation skips and counts them).
 """
 from __future__ import annotations
 
@@ -36,7 +48,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,6 +65,7 @@ __all__ = [
     "FORMATS",
     "get_format",
     "read_dataset",
+    "skipped_notice",
     "load_roi",
     "natural_key",
     "write_generic_annotation",
@@ -163,11 +176,46 @@ def _parse_number_rows(path: Path, min_cols: int, max_cols: int | None = None) -
     return np.asarray(rows, dtype=np.float64)
 
 
-def _check_pairing(images: dict[str, Path], annotations: dict[str, Path], img_dir: Path, ann_dir: Path) -> None:
-    """Every image needs an annotation and every annotation an image."""
-    missing = sorted(set(images) - set(annotations), key=natural_key)
-    if missing:
-        raise DataError(images[missing[0]], f"no annotation for this image in {ann_dir} ({len(missing)} image(s) without one)")
+class _Unannotated:
+    """The images of one split that lack their annotation file: an error listing them, or (with
+    ``skip``) left out and kept in ``found`` as ``(image, the annotation file it lacks)``."""
+
+    SHOW = 5  # names in the error
+
+    def __init__(self, where: Path, skip: bool) -> None:
+        self.where, self.skip = where, skip
+        self.found: list[tuple[Path, Path]] = []
+
+    def add(self, image: Path, expected: Path) -> None:
+        self.found.append((image, expected))
+
+    def check(self, total: int) -> None:
+        """Raise the error listing them (``total``: the split's images, these included), unless skipping."""
+        n = len(self.found)
+        if not n or self.skip:
+            return
+        names = ", ".join(p.name for p, _ in self.found[: self.SHOW]) + (f" and {n - self.SHOW} more" if n > self.SHOW else "")
+        raise DataError(self.where, f"{n} of {total} images have no annotation: {names} (expected e.g. "
+                                    f"{self.found[0][1]}); remove them, or pass --skip-unannotated to autoscale "
+                                    f"train / evaluate (config key data.skip_unannotated: true) to read the other "
+                                    f"{total - n}")
+
+
+def _check_pairing(
+    images: dict[str, Path],
+    annotations: dict[str, Path],
+    img_dir: Path,
+    ann_dir: Path,
+    unannotated: _Unannotated,
+    expected: Callable[[Path], Path],
+) -> None:
+    """Every image needs an annotation (those without one go to ``unannotated`` and are removed
+    from ``images``; ``expected(image)`` is the file it lacks) and every annotation an image."""
+    total = len(images)
+    for key in sorted(set(images) - set(annotations), key=natural_key):
+        image = images.pop(key)
+        unannotated.add(image, expected(image))
+    unannotated.check(total)
     orphans = sorted(set(annotations) - set(images), key=natural_key)
     if orphans:
         raise DataError(annotations[orphans[0]], f"annotation without an image in {img_dir} ({len(orphans)} such file(s))")
@@ -287,20 +335,38 @@ class DatasetFormat(ABC):
         return split
 
     @classmethod
-    def read(cls, root: PathLikeStr, split: str, *, outside: str = "drop") -> list[ImageRecord]:
-        """Read all records of ``split`` under ``root``, sorted by natural image-name order."""
+    def read(
+        cls,
+        root: PathLikeStr,
+        split: str,
+        *,
+        outside: str = "drop",
+        skip_unannotated: bool = False,
+        skipped: list[Path] | None = None,
+    ) -> list[ImageRecord]:
+        """Read all records of ``split`` under ``root``, sorted by natural image-name order.
+
+        Images without their annotation file (module docstring) are a :class:`DataError` listing
+        them; with ``skip_unannotated`` they are left out and their paths appended to ``skipped``
+        (when given), for the caller's notice.
+        """
         if outside not in OUTSIDE_POLICIES:
             raise ConfigError(f"unknown outside-point policy {outside!r}; valid: {', '.join(OUTSIDE_POLICIES)}")
         split = cls.check_split(split)
         root_p = _require_dir(Path(root), f"{cls.name} dataset root")
-        records = cls._read(root_p, split, outside)
+        unannotated = _Unannotated(cls.split_path(root_p, split), skip_unannotated)
+        records = cls._read(root_p, split, outside, unannotated)
+        unannotated.check(len(records) + len(unannotated.found))
+        if skipped is not None:
+            skipped.extend(sorted((p for p, _ in unannotated.found), key=lambda p: natural_key(p.name)))
         records.sort(key=lambda r: natural_key(Path(r.image_path).name))
         return records
 
     @classmethod
     @abstractmethod
-    def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
-        """Read the records (any order); ``root`` exists and ``split`` is valid."""
+    def _read(cls, root: Path, split: str, outside: str, unannotated: _Unannotated) -> list[ImageRecord]:
+        """Read the records (any order); ``root`` exists and ``split`` is valid. An image whose
+        annotation file is missing goes to ``unannotated`` (which raises unless skipping)."""
 
     @classmethod
     def split_path(cls, root: PathLikeStr, split: str) -> Path:
@@ -346,7 +412,7 @@ class ShanghaiTech(DatasetFormat):
         return _as_points(loc, path, "location")
 
     @classmethod
-    def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
+    def _read(cls, root: Path, split: str, outside: str, unannotated: _Unannotated) -> list[ImageRecord]:
         split_dir = _require_dir(root / f"{split}_data", f"ShanghaiTech {split} folder")
         img_dir = _require_dir(split_dir / "images", "image folder")
         gt_dir = next((split_dir / g for g in ("ground-truth", "ground_truth") if (split_dir / g).is_dir()), None)
@@ -354,7 +420,7 @@ class ShanghaiTech(DatasetFormat):
             raise DataError(split_dir, "no 'ground-truth' or 'ground_truth' folder")
         images = {p.stem: p for p in _list_images(img_dir)}
         anns = {p.stem[3:]: p for p in gt_dir.glob("GT_*.mat")}
-        _check_pairing(images, anns, img_dir, gt_dir)
+        _check_pairing(images, anns, img_dir, gt_dir, unannotated, lambda img: gt_dir / f"GT_{img.stem}.mat")
         meta = {"part": cls.part_of(root)}
         return [
             _finish(images[k], cls.load_locations(anns[k]), outside, meta=meta, ann_path=anns[k]) for k in images
@@ -375,11 +441,11 @@ class QNRF(DatasetFormat):
         return Path(root) / split.capitalize()
 
     @classmethod
-    def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
+    def _read(cls, root: Path, split: str, outside: str, unannotated: _Unannotated) -> list[ImageRecord]:
         folder = _require_dir(root / split.capitalize(), f"UCF-QNRF {split} folder")
         images = {p.stem: p for p in _list_images(folder)}
         anns = {p.name[: -len("_ann.mat")]: p for p in folder.glob("*_ann.mat")}
-        _check_pairing(images, anns, folder, folder)
+        _check_pairing(images, anns, folder, folder, unannotated, lambda img: img.with_name(f"{img.stem}_ann.mat"))
         out = []
         for k, img in images.items():
             pts = _as_points(_mat_var(_load_mat(anns[k]), "annPoints", anns[k]), anns[k], "annPoints")
@@ -433,13 +499,13 @@ class JHU(DatasetFormat):
         return Path(root) / split / "images"
 
     @classmethod
-    def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
+    def _read(cls, root: Path, split: str, outside: str, unannotated: _Unannotated) -> list[ImageRecord]:
         split_dir = _require_dir(root / split, f"JHU {split} folder")
         img_dir = _require_dir(split_dir / "images", "image folder")
         gt_dir = _require_dir(split_dir / "gt", "gt folder")
         images = {p.stem: p for p in _list_images(img_dir)}
         anns = {p.stem: p for p in gt_dir.glob("*.txt")}
-        _check_pairing(images, anns, img_dir, gt_dir)
+        _check_pairing(images, anns, img_dir, gt_dir, unannotated, lambda img: gt_dir / f"{img.stem}.txt")
         labels = cls.read_labels(split_dir / "image_labels.txt")
         out = []
         for k, img in images.items():
@@ -496,7 +562,7 @@ class NWPU(DatasetFormat):
         return Path(root) / f"{split}.txt"
 
     @classmethod
-    def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
+    def _read(cls, root: Path, split: str, outside: str, unannotated: _Unannotated) -> list[ImageRecord]:
         list_path = root / f"{split}.txt"
         img_dir = _require_dir(root / "images", "image folder")
         out = []
@@ -518,7 +584,8 @@ class NWPU(DatasetFormat):
                 continue
             ann = root / "jsons" / f"{img_id}.json"
             if not ann.is_file():
-                raise DataError(ann, f"annotation for image {img.name} (listed in {list_path.name}) not found")
+                unannotated.add(img, ann)
+                continue
             data = _load_json(ann)
             if not isinstance(data, dict) or "points" not in data:
                 raise DataError(ann, "expected a JSON object with a 'points' list")
@@ -552,7 +619,7 @@ class TRANCOS(DatasetFormat):
         return Path(root) / "image_sets" / f"{cls._ALIASES.get(split, split)}.txt"
 
     @classmethod
-    def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
+    def _read(cls, root: Path, split: str, outside: str, unannotated: _Unannotated) -> list[ImageRecord]:
         list_path = root / "image_sets" / f"{cls._ALIASES.get(split, split)}.txt"
         img_dir = _require_dir(root / "images", "image folder")
         out = []
@@ -562,7 +629,8 @@ class TRANCOS(DatasetFormat):
                 raise DataError(img, f"image listed in {list_path.name} (line {lineno}) not found")
             ann = img.with_suffix(".txt")
             if not ann.is_file():
-                raise DataError(ann, f"annotation for image {img.name} not found")
+                unannotated.add(img, ann)
+                continue
             pts = _parse_number_rows(ann, 2)[:, :2]
             roi = img.with_name(f"{img.stem}mask.mat")
             if not roi.is_file():
@@ -589,7 +657,7 @@ class VGGCells(DatasetFormat):
         return np.stack([cols + 0.5, rows + 0.5], axis=1).astype(np.float64)
 
     @classmethod
-    def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
+    def _read(cls, root: Path, split: str, outside: str, unannotated: _Unannotated) -> list[ImageRecord]:
         cells = {int(m.group(1)): p for p in root.glob("*cell.png") if (m := re.fullmatch(r"(\d+)cell\.png", p.name))}
         dots = {int(m.group(1)): p for p in root.glob("*dots.png") if (m := re.fullmatch(r"(\d+)dots\.png", p.name))}
         lo, hi = {"train": (1, 100), "test": (101, 200), "all": (1, 10**9)}[split]
@@ -597,7 +665,10 @@ class VGGCells(DatasetFormat):
         dots = {k: v for k, v in dots.items() if lo <= k <= hi}
         if not cells:
             raise DataError(root, f"no NNNcell.png images for split {split!r}")
-        _check_pairing({str(k): v for k, v in cells.items()}, {str(k): v for k, v in dots.items()}, root, root)
+        paired = {str(k): v for k, v in cells.items()}
+        _check_pairing(paired, {str(k): v for k, v in dots.items()}, root, root, unannotated,
+                       lambda img: img.with_name(img.name[: -len("cell.png")] + "dots.png"))
+        cells = {int(k): v for k, v in paired.items()}
         out = []
         for k, img in cells.items():
             w, h = image_size(img)
@@ -704,7 +775,8 @@ class Generic(DatasetFormat):
         return Path(root) / f"{split}.txt"
 
     @classmethod
-    def _read(cls, root: Path, split: str, outside: str) -> list[ImageRecord]:
+    def _read(cls, root: Path, split: str, outside: str, unannotated: _Unannotated) -> list[ImageRecord]:
+        # Only what the list file names is read, each with its annotation: a missing one is an error.
         list_path = root / f"{split}.txt"
         out = []
         for lineno, fields in _read_list_lines(list_path):
@@ -831,6 +903,22 @@ def get_format(name: str) -> type[DatasetFormat]:
         raise ConfigError(f"unknown dataset format {name!r}; valid formats: {', '.join(FORMATS)}") from None
 
 
-def read_dataset(name: str, root: PathLikeStr, split: str, *, outside: str = "drop") -> list[ImageRecord]:
-    """Read ``split`` of the dataset at ``root`` in format ``name`` (see :data:`FORMATS`)."""
-    return get_format(name).read(root, split, outside=outside)
+def read_dataset(
+    name: str,
+    root: PathLikeStr,
+    split: str,
+    *,
+    outside: str = "drop",
+    skip_unannotated: bool = False,
+    skipped: list[Path] | None = None,
+) -> list[ImageRecord]:
+    """Read ``split`` of the dataset at ``root`` in format ``name`` (see :data:`FORMATS`);
+    ``skip_unannotated`` / ``skipped``: images without an annotation file (:meth:`DatasetFormat.read`)."""
+    return get_format(name).read(root, split, outside=outside, skip_unannotated=skip_unannotated, skipped=skipped)
+
+
+def skipped_notice(skipped: list[Path], where: PathLikeStr) -> str:
+    """The one-line notice for images left out by ``skip_unannotated``: how many, the first few."""
+    n, show = len(skipped), _Unannotated.SHOW
+    names = ", ".join(p.name for p in skipped[:show]) + (f" and {n - show} more" if n > show else "")
+    return f"{where}: skipped {n} image{'s' if n != 1 else ''} without an annotation ({names})"

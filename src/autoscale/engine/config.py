@@ -60,6 +60,9 @@ class DataConfig:
         limit / val_limit: use only the first N images of the train / val split (debugging).
         cache: keep every decoded (and resized) image in memory after its first use, so later
             epochs skip JPEG decoding and resizing (augmentations still run every time).
+        skip_unannotated: read a split whose folder holds images without an annotation file
+            (stray files real mirrors have) by skipping them, with a one-line notice; by default
+            they are an error listing them (``autoscale.data.formats``; CLI ``--skip-unannotated``).
     """
 
     format: str = "generic"
@@ -77,6 +80,7 @@ class DataConfig:
     limit: int | None = None
     val_limit: int | None = None
     cache: bool = False
+    skip_unannotated: bool = False
 
 
 @dataclass

@@ -246,17 +246,25 @@ def resolve_resize(data_cfg: Any) -> str:
     return data_cfg.resize if data_cfg.resize is not None else get_format(data_cfg.format).resize_rule
 
 
-def build_dataset(cfg: Any, split: str, *, train: bool, limit: int | None = None) -> CrowdDataset:
+def build_dataset(cfg: Any, split: str, *, train: bool, limit: int | None = None, quiet: bool = False) -> CrowdDataset:
     """The :class:`CrowdDataset` of ``split`` for a :class:`~autoscale.engine.config.TrainConfig`
-    (training augmentations only when ``train``). ``limit``: keep the first N records."""
+    (training augmentations only when ``train``). ``limit``: keep the first N records.
+    ``data.skip_unannotated``: images without an annotation file are left out, with a one-line
+    notice on stderr (unless ``quiet``), instead of an error."""
+    import sys
     from pathlib import Path
 
-    from autoscale.data.formats import get_format, read_dataset
+    from autoscale.data.formats import get_format, read_dataset, skipped_notice
 
     d = cfg.data
     if not Path(d.root).is_dir():
         raise DataError(d.root, "dataset root not found (config key 'data.root'; expected a directory)")
-    records = read_dataset(d.format, d.root, split, outside=d.outside)
+    skipped: list[Path] = []
+    records = read_dataset(d.format, d.root, split, outside=d.outside, skip_unannotated=d.skip_unannotated,
+                           skipped=skipped)
+    if skipped and not quiet:
+        print(f"autoscale: notice: {skipped_notice(skipped, get_format(d.format).split_path(d.root, split))}",
+              file=sys.stderr, flush=True)
     records = [r for r in records if r.annotated] if train else records
     if limit is not None:
         records = records[:limit]

@@ -211,6 +211,7 @@ def evaluate(
     per_image: list[dict[str, Any]] | None = None,
     points_from_density_peaks: bool = False,
     given_regions: Mapping[str, Sequence[Box]] | None = None,
+    skipped_stray: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a model on ``records`` (see the module docstring for every protocol).
 
@@ -233,6 +234,10 @@ def evaluate(
         given_regions: ``{image name: [(x, y, w, h), ...]}`` boxes in original-image pixels
             (:func:`read_region_boxes`); GT and model counts inside them per image
             (``given_gt`` / ``given_pred``) and ``given_regions: {mae, rmse, n}`` in the metrics.
+        skipped_stray: how many images of the split the reader left out because their annotation
+            file is missing (``skip_unannotated``), recorded as ``skipped_stray``; apart from
+            ``skipped_unannotated``, the records given with ``annotated=False`` (ground truth
+            withheld, e.g. NWPU test).
 
     Returns:
         The metrics.json content (NaN written as null).
@@ -343,6 +348,7 @@ def evaluate(
         "single_pass": bool(single_pass),
         "num_images": len(rows),
         "skipped_unannotated": skipped,
+        "skipped_stray": int(skipped_stray),
         "counting": counting_metrics(pred, gts),
         "first_pass": counting_metrics(first, gts),
         "groups": {},

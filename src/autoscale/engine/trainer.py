@@ -430,10 +430,10 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     o = cfg.optim
-    train_ds = build_dataset(cfg, cfg.data.train_split, train=True, limit=cfg.data.limit)
+    train_ds = build_dataset(cfg, cfg.data.train_split, train=True, limit=cfg.data.limit, quiet=not info.is_main)
     val_ds = None
     if cfg.data.val_split and cfg.val_every > 0:
-        val_ds = build_dataset(cfg, cfg.data.val_split, train=False, limit=cfg.data.val_limit)
+        val_ds = build_dataset(cfg, cfg.data.val_split, train=False, limit=cfg.data.val_limit, quiet=not info.is_main)
 
     model = build_model(cfg).to(device)
     if cfg.channels_last:
