@@ -54,9 +54,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.io
 
 from autoscale.data.image_io import image_size, read_image
+from autoscale.data.matfile import load_mat
 from autoscale.data.record import OUTSIDE_POLICIES, ImageRecord, apply_outside_policy, inside_mask
 from autoscale.errors import ConfigError, DataError
 
@@ -73,6 +73,7 @@ __all__ = [
 ]
 
 PathLikeStr = str | PathLike[str]
+_FLOAT_MAX = 1.7976931348623157e308  # largest finite float64
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -104,11 +105,10 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def _load_mat(path: Path) -> dict[str, Any]:
+    """The variables of a .mat file (:func:`autoscale.data.matfile.load_mat`: a corrupt file that
+    would crash SciPy's compiled reader is refused first); every failure is a DataError."""
     _require_file(path, "annotation file")
-    try:
-        return scipy.io.loadmat(str(path))
-    except Exception as exc:  # scipy raises many types (ValueError, MatReadError, OSError, ...)
-        raise DataError(path, f"cannot read .mat file ({type(exc).__name__}: {exc})") from None
+    return load_mat(path)
 
 
 def _mat_var(mat: Mapping[str, Any], var: str, path: Path) -> Any:
@@ -355,7 +355,10 @@ class DatasetFormat(ABC):
         split = cls.check_split(split)
         root_p = _require_dir(Path(root), f"{cls.name} dataset root")
         unannotated = _Unannotated(cls.split_path(root_p, split), skip_unannotated)
-        records = cls._read(root_p, split, outside, unannotated)
+        try:
+            records = cls._read(root_p, split, outside, unannotated)
+        except OSError as exc:  # a path the system refuses (name too long, permission, I/O error)
+            raise DataError(exc.filename or root_p, f"cannot read: {exc.strerror or exc}") from None
         unannotated.check(len(records) + len(unannotated.found))
         if skipped is not None:
             skipped.extend(sorted((p for p, _ in unannotated.found), key=lambda p: natural_key(p.name)))
@@ -513,7 +516,12 @@ class JHU(DatasetFormat):
             pts = rows[:, :2]
             half = rows[:, 2:4] / 2.0
             boxes = np.concatenate([pts - half, pts + half], axis=1)
-            per_head = {"occlusion": rows[:, 4].astype(np.int64), "blur": rows[:, 5].astype(np.int64)}
+            flags = rows[:, 4:6]
+            if np.any((flags != np.round(flags)) | (np.abs(flags) > 2**31 - 1)):
+                row = int(np.argmax(np.any((flags != np.round(flags)) | (np.abs(flags) > 2**31 - 1), axis=1)))
+                raise DataError(anns[k], f"row {row + 1}: occlusion and blur (columns 5, 6) must be small integers, "
+                                         f"got {flags[row].tolist()}")
+            per_head = {"occlusion": flags[:, 0].astype(np.int64), "blur": flags[:, 1].astype(np.int64)}
             out.append(
                 _finish(img, pts, outside, boxes=boxes, per_head=per_head, meta=labels.get(k, {}), ann_path=anns[k])
             )
@@ -529,6 +537,8 @@ def _json_points(value: Any, path: Path, key: str, ncols: int) -> np.ndarray:
             raise DataError(path, f"{key}[{i}] must be a list of {ncols} numbers, got {item!r}")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item):
             raise DataError(path, f"{key}[{i}] has a non-numeric value: {item!r}")
+        if any(isinstance(v, int) and abs(v) > _FLOAT_MAX for v in item):  # JSON integers are unbounded
+            raise DataError(path, f"{key}[{i}] has an integer beyond the floating-point range")
     return _as_points(np.asarray(value, dtype=np.float64).reshape(-1, ncols), path, key, ncols)
 
 
@@ -539,6 +549,10 @@ def _load_json(path: Path) -> Any:
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise DataError(path, f"invalid JSON: {exc}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits (int() string limit)
+        raise DataError(path, f"invalid JSON: {str(exc).split(';')[0]}") from None
+    except RecursionError:
+        raise DataError(path, "invalid JSON: arrays or objects nested too deeply") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(path, f"cannot read JSON: {exc}") from None
 

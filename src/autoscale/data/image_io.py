@@ -93,9 +93,13 @@ def _open(path: Path) -> Image.Image:
     declared size above :func:`max_pixels`. Pillow's own check is off meanwhile: ours names the
     file and the size, and a large legitimate image gets no warning."""
     limit = max_pixels()
-    if not path.exists():
+    try:
+        exists, regular = path.exists(), path.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise DataError(path, f"cannot open image: {exc.strerror or exc}") from None
+    if not exists:
         raise DataError(path, "image file not found")
-    if not path.is_file():
+    if not regular:
         raise DataError(path, "not a regular file (expected an image)")
     with _PILLOW_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
