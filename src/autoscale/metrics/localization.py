@@ -86,6 +86,16 @@ def _candidates(pred: np.ndarray, gt: np.ndarray, radius: np.ndarray) -> tuple[n
     return gi[keep], pi[keep], d2[keep]
 
 
+def _overflow_scale(pred: np.ndarray, gt: np.ndarray, thresholds: list[np.ndarray]) -> float:
+    """1, or the power of two that brings coordinates and radii below 2**400 when they are so
+    large (above ~1e150) that squared distances overflow float64 (the KD-tree refuses them)."""
+    finite = [np.abs(pred).max(), np.abs(gt).max()] + [t[np.isfinite(t)].max(initial=0.0) for t in thresholds]
+    top = float(max(finite))
+    if not np.isfinite(top) or top <= 2.0**400:
+        return 1.0
+    return 2.0 ** (int(np.ceil(np.log2(top))) - 400)
+
+
 def _max_matching(gi: np.ndarray, pi: np.ndarray, n_gt: int, n_pred: int) -> MatchResult:
     if gi.size == 0:
         return MatchResult(0, n_pred, n_gt, np.zeros((0, 2), dtype=np.int64))
@@ -119,6 +129,9 @@ def match_points_multi(pred: np.ndarray, gt: np.ndarray,
         return [MatchResult(0, len(p), len(g), empty) for _ in ts]
     if not ts:
         return []
+    scale = _overflow_scale(p, g, ts)
+    if scale != 1.0:  # a power of two: the scaled squared-distance tests are the same, without overflow
+        p, g, ts = p / scale, g / scale, [t / scale for t in ts]
     gi, pi, d2 = _candidates(p, g, np.max(np.stack(ts), axis=0))
     out = []
     for t in ts:

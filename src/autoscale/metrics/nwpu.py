@@ -135,6 +135,8 @@ def read_loc_gt(path: PathLikeStr) -> dict[int, LocGT]:
             raise DataError(path, f"line {no}: negative sigma for image {img_id}")
         if np.any(vals[:, 4] != np.round(vals[:, 4])):
             raise DataError(path, f"line {no}: non-integer level for image {img_id}")
+        if np.any(np.abs(vals[:, 4]) > 2**31 - 1):  # would not survive the cast to int64
+            raise DataError(path, f"line {no}: level out of range for image {img_id}")
         out[img_id] = LocGT(vals[:, 0:2].copy(), vals[:, 2].copy(), vals[:, 3].copy(),
                             vals[:, 4].astype(np.int64))
     return out
