@@ -17,6 +17,7 @@ Defaults follow the paper (Sec. 4.2, Table 1): Adam, weight decay 5e-4, batch 1,
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -254,12 +255,18 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-7" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise bad() from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad()
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise bad() from None
+        if not math.isfinite(number):  # no setting means anything at NaN or infinity
+            raise ConfigError(f"{where}config key {key!r}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise bad()
@@ -377,7 +384,7 @@ def list_presets() -> list[str]:
 
 def preset_path(name: str) -> Path:
     p = PRESET_DIR / f"{name}.yaml"
-    if not p.is_file():
+    if not _is_file(p):
         import difflib
 
         names = list_presets()
@@ -394,9 +401,9 @@ def _set_override(d: dict[str, Any], item: str, where: str = "") -> None:
     key, text = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}override {key!r}: cannot parse value {text!r} ({exc.__class__.__name__})") from None
+        value = _parse_yaml(text) if text.strip() else None
+    except ConfigError as exc:
+        raise ConfigError(f"{where}override {key!r}: cannot parse value {text[:80]!r} ({exc})") from None
     parts = key.split(".")
     if not all(parts):
         raise ConfigError(f"{where}override {item!r}: bad key {key!r}")
@@ -407,7 +414,39 @@ def _set_override(d: dict[str, Any], item: str, where: str = "") -> None:
         node = node.setdefault(p, {})
         if node is None:
             node = d[p] = {}
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}override {key!r}: config key {p!r} is a {type(node).__name__}, not a mapping")
     node[parts[-1]] = value
+
+
+#: libyaml's safe loader when PyYAML has it (fast, and it refuses nesting deeper than 1000 levels
+#: at once); PyYAML's pure-Python scanner takes time quadratic in the nesting depth (3 KB of
+#: ``[`` ~ 1 s, 30 KB ~ minutes), so without libyaml deeply bracketed text is refused up front.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_PURE_YAML_MAX_BRACKETS = 1000
+
+
+def _parse_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` (with :data:`_YAML_LOADER`); any failure (malformed YAML, nesting
+    too deep for the parser, an integer of more than 4300 digits) is a :class:`ConfigError` with a
+    one-line reason."""
+    if _YAML_LOADER is yaml.SafeLoader and text.count("[") + text.count("{") > _PURE_YAML_MAX_BRACKETS:
+        raise ConfigError(f"malformed YAML (more than {_PURE_YAML_MAX_BRACKETS} brackets)")
+    try:
+        return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"malformed YAML ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+    except RecursionError:
+        raise ConfigError("malformed YAML (nested too deeply)") from None
+    except ValueError as exc:
+        raise ConfigError(f"malformed YAML ({str(exc).split(';')[0]})") from None
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):  # a name the file system refuses (too long, NUL): no such file
+        return False
 
 
 def load_config(path_or_preset: str | PathLike[str], overrides: list[str] | None = None) -> TrainConfig:
@@ -417,7 +456,7 @@ def load_config(path_or_preset: str | PathLike[str], overrides: list[str] | None
     (:func:`list_presets`). Raises :class:`ConfigError` naming the key and file on any problem.
     """
     p = Path(path_or_preset)
-    if p.is_file():
+    if _is_file(p):
         source = str(p)
     elif str(path_or_preset).endswith((".yaml", ".yml")) or "/" in str(path_or_preset):
         raise ConfigError(f"{p}: config file not found")
@@ -425,11 +464,13 @@ def load_config(path_or_preset: str | PathLike[str], overrides: list[str] | None
         p = preset_path(str(path_or_preset))
         source = f"preset {path_or_preset} ({p})"
     try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read config ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        d = _parse_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     if d is None:
         d = {}
     if not isinstance(d, dict):
