@@ -79,7 +79,7 @@ from autoscale.data.formats import natural_key
 from autoscale.data.image_io import check_pixels, read_image, to_rgb_array
 from autoscale.data.preprocess import ResizeRule
 from autoscale.errors import AutoScaleError, CheckpointError, ConfigError, DataError
-from autoscale.models.registry import build_from_checkpoint, load_checkpoint
+from autoscale.models.registry import build_from_checkpoint, check_checkpoint, load_checkpoint
 from autoscale.pipeline import AutoScale, PipelineConfig, PipelineResult
 from autoscale.postprocess import density_peaks
 
@@ -121,20 +121,21 @@ def pipeline_config_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpo
         return PipelineConfig(variant=variant, zoom="bilinear")
     if not isinstance(raw, dict):
         raise CheckpointError(f"{source}: 'pipeline' must be a dict of PipelineConfig fields, got {type(raw).__name__}")
+    from autoscale.engine.config import _build  # the config files' typed builder: same checks, same messages
+
     known = {f.name for f in fields(PipelineConfig)}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
         warnings.warn(f"{source}: ignoring unknown pipeline keys {unknown}", stacklevel=2)
     kw = {k: v for k, v in raw.items() if k in known}
-    if "edges" in kw and kw["edges"] is not None:
-        kw["edges"] = tuple(float(e) for e in kw["edges"])
-    if kw.get("variant", variant) != variant:
-        raise CheckpointError(f"{source}: pipeline variant {kw['variant']!r} contradicts checkpoint variant {variant!r}")
-    kw["variant"] = variant
+    kw.setdefault("variant", variant)
     try:
-        return PipelineConfig(**kw)
-    except TypeError as exc:  # pragma: no cover - guarded by the key filter
-        raise CheckpointError(f"{source}: bad pipeline settings ({exc})") from None
+        cfg = _build(PipelineConfig, kw, "pipeline.", f"{source}: checkpoint ")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    if cfg.variant != variant:
+        raise CheckpointError(f"{source}: pipeline variant {cfg.variant!r} contradicts checkpoint variant {variant!r}")
+    return cfg
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -166,7 +167,7 @@ def load_autoscale(
     """
     source = "<checkpoint dict>" if isinstance(checkpoint, dict) else str(checkpoint)
     try:
-        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        ckpt = check_checkpoint(checkpoint, source) if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     except CheckpointError as exc:  # torch's unpickling messages span many lines: keep one
         msg = " ".join(str(exc).split())
         raise CheckpointError(msg if len(msg) <= 300 else msg[:297] + "...") from None
@@ -196,11 +197,13 @@ def _normalization(ckpt: dict[str, Any], source: str) -> tuple[tuple[float, ...]
     if raw is None:
         return None
     try:
+        if not isinstance(raw, dict):
+            raise TypeError(type(raw).__name__)
         mean, std = (tuple(float(v) for v in raw[k]) for k in ("mean", "std"))
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, IndexError, RuntimeError):
         raise CheckpointError(f"{source}: 'normalization' must be {{'mean': [r, g, b], 'std': [r, g, b]}}") from None
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise CheckpointError(f"{source}: 'normalization' needs 3 means and 3 positive stds, got {raw}")
+    if len(mean) != 3 or len(std) != 3 or not all(np.isfinite(mean + std)) or min(std) <= 0:
+        raise CheckpointError(f"{source}: 'normalization' needs 3 finite means and 3 positive stds, got {raw}")
     return mean, std
 
 

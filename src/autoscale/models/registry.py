@@ -35,6 +35,7 @@ __all__ = [
     "Weights",
     "backbone_normalization",
     "build_from_checkpoint",
+    "check_checkpoint",
     "count_parameters",
     "get_model",
     "list_models",
@@ -113,27 +114,91 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_checkpoint(path: str | PathLike[str]) -> dict[str, Any]:
-    """Read one of our checkpoints (``torch.load(weights_only=True)``) and check its header."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint file not found")
-    ckpt = load_torch_file(p)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{p}: not an autoscale checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{p}: unsupported checkpoint version {ckpt.get('version')!r}")
+def _short(value: Any, n: int = 60) -> str:
+    text = repr(value) if not isinstance(value, torch.Tensor) else f"tensor of shape {tuple(value.shape)}"
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def check_checkpoint(ckpt: Any, source: str) -> dict[str, Any]:
+    """Check the header of one of our checkpoints (module docstring): ``format`` and ``version``,
+    ``variant`` one of ``regression`` / ``localization``, ``model`` a dict with a string ``name``
+    and a ``kwargs`` dict, ``state_dict`` a dict, ``l2s_state_dict`` and ``l2s`` dicts or None.
+    Anything else (a foreign or tampered file) is one :class:`CheckpointError` naming ``source``.
+    Returns ``ckpt``."""
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if not (isinstance(fmt, str) and fmt == CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{source}: not an autoscale checkpoint (no 'format': '{CHECKPOINT_FORMAT}')")
+    version = ckpt.get("version")
+    if not (type(version) is int and version == CHECKPOINT_VERSION):
+        raise CheckpointError(f"{source}: unsupported checkpoint version {_short(version)}")
     for key in ("variant", "model", "state_dict"):
         if key not in ckpt:
-            raise CheckpointError(f"{p}: checkpoint lacks {key!r}")
+            raise CheckpointError(f"{source}: checkpoint lacks {key!r}")
+    variant = ckpt["variant"]
+    if not (isinstance(variant, str) and variant in ("regression", "localization")):
+        raise CheckpointError(f"{source}: unknown variant {_short(variant)} (expected 'regression' or 'localization')")
+    model = ckpt["model"]
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str)
+            and isinstance(model.get("kwargs", {}), dict) and all(isinstance(k, str) for k in model.get("kwargs", {}))):
+        raise CheckpointError(f"{source}: 'model' must be {{'name': <model name>, 'kwargs': {{...}}}}, "
+                              f"got {_short(model)}")
+    for key, required in (("state_dict", True), ("l2s_state_dict", False), ("l2s", False)):
+        value = ckpt.get(key)
+        if not (isinstance(value, dict) or (value is None and not required)):
+            raise CheckpointError(f"{source}: {key!r} must be a dict{'' if required else ' or None'}, "
+                                  f"got {type(value).__name__}")
     return ckpt
 
 
+def load_checkpoint(path: str | PathLike[str]) -> dict[str, Any]:
+    """Read one of our checkpoints (``torch.load(weights_only=True)``) and check its header
+    (:func:`check_checkpoint`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    return check_checkpoint(load_torch_file(p), str(p))
+
+
 def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``model``: same keys and shapes (:func:`check_state_dict`), real
+    floating-point tensors with finite values where the model has floating-point ones."""
     from autoscale.models.vgg import check_state_dict
 
-    check_state_dict(state, {k: tuple(v.shape) for k, v in model.state_dict().items()}, source)
+    own = model.state_dict()
+    check_state_dict(state, {k: tuple(v.shape) for k, v in own.items()}, source)
+    for key, target in own.items():
+        value = state[key]
+        if target.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{source}: weight {key} is {value.dtype}, expected a floating-point tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: weight {key} holds NaN or infinite values (a diverged or corrupt model)")
     model.load_state_dict(state, strict=True)
+
+
+#: Builder arguments a checkpoint may not carry: they make the loader read other files.
+_FILE_KWARGS = ("weights", "imagenet")
+
+
+def _modest(kwargs: dict[str, Any]) -> bool:
+    """Whether building ``kwargs``' model costs at most a few hundred MB (width <= 2, <= 256 classes)."""
+    width, classes = kwargs.get("width", 1.0), kwargs.get("num_classes", 11)
+    return (type(width) in (int, float) and 0 < width <= 2.0) and (type(classes) is int and 0 < classes <= 256)
+
+
+def _build_checked(name: str, kwargs: dict[str, Any], state: dict[str, Any], source: str) -> nn.Module:
+    """``get_model(name, **kwargs)`` loaded with ``state``. A header declaring a larger model than
+    :func:`_modest` allows is first built on the meta device (no memory; the first time costs a
+    second or two of imports) and compared with ``state``, so a header that lies about the size
+    (``width: 64``, ``num_classes: 10**9``) is refused before gigabytes are allocated."""
+    from autoscale.models.vgg import check_state_dict
+
+    if not _modest(kwargs):
+        with torch.device("meta"):
+            probe = get_model(name, **kwargs)
+        check_state_dict(state, {k: tuple(v.shape) for k, v in probe.state_dict().items()}, source)
+    model = get_model(name, **kwargs)
+    _load_strict(model, state, source)
+    return model
 
 
 def _apply_weights(model: nn.Module, weights: Weights | str | PathLike[str] | None, part: str, variant: str) -> None:
@@ -251,14 +316,26 @@ def build_from_checkpoint(ckpt: dict[str, Any] | str | PathLike[str], *,
         source = source or str(ckpt)
         ckpt = load_checkpoint(ckpt)
     source = source or "checkpoint"
+    check_checkpoint(ckpt, source)
     name, kwargs = ckpt["model"]["name"], dict(ckpt["model"].get("kwargs", {}))
-    fpn = get_model(name, **kwargs)
-    _load_strict(fpn, ckpt["state_dict"], f"{source} (fpn)")
-    l2s = None
-    if ckpt.get("l2s_state_dict") is not None:
-        cfg = ckpt.get("l2s") or {}
-        l2s = L2S(getattr(fpn, "feature_channels", 152), head=cfg.get("head", "paper"),
-                  bound=cfg.get("bound", "paper"), pool=cfg.get("pool", "max"))
-        _load_strict(l2s, ckpt["l2s_state_dict"], f"{source} (l2s)")
+    if name != f"fpn_{ckpt['variant']}":
+        raise CheckpointError(f"{source}: a {ckpt['variant']} checkpoint whose model is {_short(name)} "
+                              f"(expected fpn_{ckpt['variant']})")
+    if any(k in kwargs for k in _FILE_KWARGS):
+        raise CheckpointError(f"{source}: model kwargs name other files ({', '.join(k for k in _FILE_KWARGS if k in kwargs)}); "
+                              f"a checkpoint holds its own weights")
+    try:
+        fpn = _build_checked(name, kwargs, ckpt["state_dict"], f"{source} (fpn)")
+        l2s = None
+        if ckpt.get("l2s_state_dict") is not None:
+            cfg = ckpt.get("l2s") or {}
+            l2s = L2S(getattr(fpn, "feature_channels", 152), head=cfg.get("head", "paper"),
+                      bound=cfg.get("bound", "paper"), pool=cfg.get("pool", "max"))
+            _load_strict(l2s, ckpt["l2s_state_dict"], f"{source} (l2s)")
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - foreign model kwargs / L2S settings: the builders' own errors
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{source}: cannot build the model ({type(exc).__name__}: {first})") from None
     return fpn, l2s
 
