@@ -72,17 +72,34 @@ def synth(tmp_path_factory):
     return root
 
 
-def tiny_train_config(root, out, **kw):
-    """A seconds-long training config (width-1/16 VGG16 regression FPN) on ``root``; overrides as
-    ``section__key=value`` (``optim__epochs=3``) or top-level ``key=value``."""
-    from autoscale.engine.config import config_from_dict
-
+def tiny_train_dict(root, **kw) -> dict:
+    """A seconds-long training config (width-1/16 VGG16 regression FPN) on ``root`` as a plain
+    dict; overrides as ``section__key=value`` (``optim__epochs=3``) or top-level ``key=value``."""
     d = {"data": {"root": str(root), "sigma": 2.0, "flip": False, "noise_prob": 0.0},
          "model": {"variant": "regression", "width": 0.0625},
          "optim": {"lr": 1e-3, "epochs": 2, "batch_size": 2},
-         "method": "fpn", "device": "cpu", "out": str(out), "progress": False, "tensorboard": False}
+         "method": "fpn", "device": "cpu", "progress": False, "tensorboard": False}
     for key, value in kw.items():
         sec, _, name = key.rpartition("__")
         (d.setdefault(sec, {}) if sec else d)[name] = value
-    return config_from_dict(d)
+    return d
 
+
+def tiny_train_config(root, out, **kw):
+    """:func:`tiny_train_dict` as a validated TrainConfig writing to ``out``."""
+    from autoscale.engine.config import config_from_dict
+
+    return config_from_dict(tiny_train_dict(root, out=str(out), **kw))
+
+
+def write_tiny_config(path, root, **kw):
+    """:func:`tiny_train_dict` (no validation split) written to ``path`` as a config file (JSON is YAML)."""
+    import json
+
+    path.write_text(json.dumps(tiny_train_dict(root, data__val_split=None, **kw)))
+    return path
+
+
+def err_lines(capsys) -> list[str]:
+    """The non-blank stderr lines captured so far."""
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]

@@ -29,7 +29,7 @@ from autoscale.engine.checkpoint import load_training_checkpoint
 from autoscale.engine.dataset import CrowdDataset
 from autoscale.engine.trainer import train
 from autoscale.errors import AutoScaleError
-from conftest import tiny_train_config
+from conftest import err_lines, tiny_train_config, write_tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 _cfg = tiny_train_config
@@ -63,21 +63,6 @@ def _snapshots(out: Path, seen: dict[int, dict[str, bytes]]):
     return on_epoch
 
 
-def _err_lines(capsys) -> list[str]:
-    return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-
-
-def _write_yaml(path: Path, root: Path, **extra) -> Path:
-    d = {"method": "fpn", "device": "cpu", "progress": False, "tensorboard": False,
-         "data": {"root": str(root), "sigma": 2.0, "flip": False, "val_split": None},
-         "model": {"width": 0.0625}, "optim": {"lr": 1e-3, "epochs": 2, "batch_size": 2}}
-    for key, value in extra.items():
-        sec, _, name = key.rpartition("__")
-        (d.setdefault(sec, {}) if sec else d)[name] = value
-    path.write_text(json.dumps(d))  # JSON is YAML
-    return path
-
-
 # -------------------------------------------------------------------------- non-finite loss
 def test_nonfinite_loss_stops_with_one_line_and_keeps_checkpoints(synth, tmp_path, monkeypatch, capsys):
     recs = read_dataset("generic", synth, "train")
@@ -95,10 +80,10 @@ def test_nonfinite_loss_stops_with_one_line_and_keeps_checkpoints(synth, tmp_pat
     assert set(seen[1]) == {"best.pt", "last.pt"} and not list(out.glob("*.tmp"))
     assert load_training_checkpoint(out / "last.pt")["epoch"] == 1
     # the CLI: exit 2, that one line
-    cfg = _write_yaml(tmp_path / "c.yaml", synth, optim__epochs=3)
+    cfg = write_tiny_config(tmp_path / "c.yaml", synth, optim__epochs=3)
     capsys.readouterr()
     assert cli_main(["train", "--config", str(cfg), "--out", str(tmp_path / "cli")]) == 2
-    lines = _err_lines(capsys)
+    lines = err_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith(f"autoscale: error: {victim.image_path}: non-finite training loss")
     assert load_training_checkpoint(tmp_path / "cli" / "last.pt")["epoch"] == 1
 
@@ -110,7 +95,7 @@ def test_nonfinite_skip_counts_warns_and_resumes_exactly(synth, tmp_path, monkey
     kw = dict(optim__epochs=3, optim__nonfinite="skip", data__val_split=None)
     capsys.readouterr()
     straight = train(_cfg(synth, tmp_path / "a", **kw))
-    warnings = [ln for ln in _err_lines(capsys) if "warning" in ln]
+    warnings = [ln for ln in err_lines(capsys) if "warning" in ln]
     assert warnings == [f"autoscale train: warning: skipped epoch 2, step 3 (batch 1 of 2): non-finite training "
                         f"loss (nan) for {victim.image_path}"]
     assert straight.step == 6 and [r["skipped"] for r in straight.history] == [0, 1, 0]
@@ -139,7 +124,7 @@ def test_skip_stops_when_a_whole_epoch_is_skipped(synth, tmp_path, monkeypatch, 
     with pytest.raises(AutoScaleError, match=r"every step of epoch 2 had a non-finite loss or gradient \(2 skipped"):
         train(_cfg(synth, out, optim__epochs=3, optim__nonfinite="skip", data__val_split=None),
               on_epoch=_snapshots(out, seen))
-    assert len([ln for ln in _err_lines(capsys) if "warning: skipped" in ln]) == 2
+    assert len([ln for ln in err_lines(capsys) if "warning: skipped" in ln]) == 2
     assert set(seen) == {1} and {p.name: p.read_bytes() for p in out.glob("*.pt")} == seen[1]
 
 
@@ -177,7 +162,7 @@ def test_nonfinite_gradient_with_a_finite_loss(synth, tmp_path, monkeypatch, cap
         return
     res = train(cfg)
     assert [r["skipped"] for r in res.history] == [0, 1, 0] and np.isfinite(res.step_losses[4:]).all()
-    assert any("non-finite training gradient" in ln for ln in _err_lines(capsys))
+    assert any("non-finite training gradient" in ln for ln in err_lines(capsys))
 
 
 # ---------------------------------------------------------------------------- disk full
@@ -216,10 +201,10 @@ def test_failed_checkpoint_write_keeps_the_previous_one(synth, tmp_path, monkeyp
     # the very first write failing: no last.pt at all, and the line says so; the CLI exits 2
     monkeypatch.undo()
     _failing_save(monkeypatch, fail_from=1, exc=exc)
-    cfg = _write_yaml(tmp_path / "c.yaml", synth)
+    cfg = write_tiny_config(tmp_path / "c.yaml", synth)
     capsys.readouterr()
     assert cli_main(["train", "--config", str(cfg), "--out", str(tmp_path / "cli")]) == 2
-    lines = _err_lines(capsys)
+    lines = err_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith(f"autoscale: error: {tmp_path / 'cli' / 'last.pt'}: cannot write")
     assert "no last.pt was written" in lines[0]
     assert not (tmp_path / "cli" / "last.pt").exists() and not list((tmp_path / "cli").glob("*.tmp"))

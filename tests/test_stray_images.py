@@ -22,23 +22,9 @@ from autoscale.cli import main as cli_main
 from autoscale.data.formats import read_dataset
 from autoscale.engine.checkpoint import load_training_checkpoint
 from autoscale.errors import DataError
+from conftest import err_lines, write_tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _err_lines(capsys) -> list[str]:
-    return [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-
-
-def _write_yaml(path: Path, root: Path, **extra) -> Path:
-    d = {"method": "fpn", "device": "cpu", "progress": False, "tensorboard": False,
-         "data": {"root": str(root), "sigma": 2.0, "flip": False, "val_split": None},
-         "model": {"width": 0.0625}, "optim": {"lr": 1e-3, "epochs": 1, "batch_size": 2}}
-    for key, value in extra.items():
-        sec, _, name = key.rpartition("__")
-        (d.setdefault(sec, {}) if sec else d)[name] = value
-    path.write_text(json.dumps(d))  # JSON is YAML
-    return path
 
 
 def _img(path: Path, w: int = 64, h: int = 48, seed: int = 0) -> Path:
@@ -164,29 +150,30 @@ def test_cli_train_and_evaluate_with_stray_images(tmp_path, capsys):
     root = tmp_path / "part_B"
     _shanghaitech(root)
     images = root / "train_data" / "images"
-    cfg = _write_yaml(tmp_path / "c.yaml", root, data__format="shanghaitech", optim__epochs=1)
+    cfg = write_tiny_config(tmp_path / "c.yaml", root, data__format="shanghaitech", optim__epochs=1)
     capsys.readouterr()
     out = tmp_path / "run"
     assert cli_main(["train", "--config", str(cfg), "--out", str(out)]) == 2
-    lines = _err_lines(capsys)
+    lines = err_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith(f"autoscale: error: {images}: 2 of 4 images have no annotation: "
                                                    f"IMG_998.jpg, IMG_999.jpg")
     assert not out.exists()
     notice = f"autoscale: notice: {images}: skipped 2 images without an annotation (IMG_998.jpg, IMG_999.jpg)"
     for args, dest in ((["--skip-unannotated"], out), (["data.skip_unannotated=true"], tmp_path / "run2")):
         assert cli_main(["train", "--config", str(cfg), "--out", str(dest), *args]) == 0
-        err = _err_lines(capsys)
+        err = err_lines(capsys)
         assert err.count(notice) == 1, err
         assert load_training_checkpoint(dest / "last.pt")["step"] == 1  # 2 images, batch 2
     ev = ["evaluate", "--checkpoint", str(out / "last.pt"), "--format", "shanghaitech", "--root", str(root),
           "--split", "train", "--no-knn"]
     assert cli_main([*ev, "--out", str(tmp_path / "ev0")]) == 2
-    assert "2 of 4 images have no annotation" in _err_lines(capsys)[-1] and not (tmp_path / "ev0").exists()
+    assert "2 of 4 images have no annotation" in err_lines(capsys)[-1] and not (tmp_path / "ev0").exists()
     assert cli_main([*ev, "--out", str(tmp_path / "ev"), "--skip-unannotated"]) == 0
-    assert notice in _err_lines(capsys)
+    assert notice in err_lines(capsys)
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["num_images"] == 2 and m["skipped_stray"] == 2 and m["skipped_unannotated"] == 0
-    cfg2 = _write_yaml(tmp_path / "c2.yaml", root, data__format="shanghaitech", data__skip_unannotated=True)
+    cfg2 = write_tiny_config(tmp_path / "c2.yaml", root, data__format="shanghaitech", data__skip_unannotated=True,
+                             optim__epochs=1)
     assert cli_main(["evaluate", "--checkpoint", str(out / "last.pt"), "--config", str(cfg2), "--split", "train",
                      "--no-knn", "--out", str(tmp_path / "ev2")]) == 0
-    assert notice in _err_lines(capsys)
+    assert notice in err_lines(capsys)
