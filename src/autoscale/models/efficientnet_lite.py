@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoscale.errors import CheckpointError
-from autoscale.models.vgg import check_state_dict, load_torch_file, scaled
+from autoscale.models.vgg import load_imagenet_state, scaled
 
 __all__ = [
     "LITE_ARCHS",
@@ -388,11 +388,4 @@ def load_imagenet_efficientnet(path: str | PathLike[str], arch: str = "efficient
     shape and no other key may appear; otherwise :class:`CheckpointError` summarises the offenders.
     """
     _params(arch)
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: ImageNet weights file not found; {_install_hint(arch)}")
-    state = load_torch_file(p)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{p}: expected a state_dict (dict), got {type(state).__name__}")
-    check_state_dict(state, expected_shapes(arch), f"{p} ({arch} ImageNet weights)")
-    return state
+    return load_imagenet_state(path, arch, expected_shapes(arch), _install_hint(arch))

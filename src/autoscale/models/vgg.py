@@ -198,16 +198,21 @@ def load_imagenet_vgg(path: str | PathLike[str], arch: str = "vgg16") -> dict[st
     no other key may appear; otherwise :class:`CheckpointError` summarises the offenders.
     """
     _check_arch(arch)
+    hint = f"ImageNet weights must be supplied locally (torchvision's {IMAGENET_FILES[arch]}); nothing is downloaded"
+    return load_imagenet_state(path, arch, expected_shapes(arch), hint)
+
+
+def load_imagenet_state(path: str | PathLike[str], arch: str, expected: dict[str, tuple[int, ...]],
+                        missing_hint: str) -> dict[str, torch.Tensor]:
+    """A local ImageNet state dict of backbone ``arch``, checked strictly against ``expected``
+    shapes (every key, nothing else); ``missing_hint`` ends the message for an absent file."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(
-            f"{p}: ImageNet weights file not found; ImageNet weights must be supplied locally "
-            f"(torchvision's {IMAGENET_FILES[arch]}); nothing is downloaded"
-        )
+        raise CheckpointError(f"{p}: ImageNet weights file not found; {missing_hint}")
     state = load_torch_file(p)
     if not isinstance(state, dict):
         raise CheckpointError(f"{p}: expected a state_dict (dict), got {type(state).__name__}")
-    check_state_dict(state, expected_shapes(arch), f"{p} ({arch} ImageNet weights)")
+    check_state_dict(state, expected, f"{p} ({arch} ImageNet weights)")
     return state
 
 
