@@ -24,6 +24,7 @@ How the trainer uses it:
 """
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -69,8 +70,16 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group. After a successful run every rank meets at a barrier first, so no
+    rank tears its connections down while a peer still uses them, and the group's native threads
+    are joined now rather than during interpreter shutdown (where gloo can abort the process with
+    "terminate called without an active exception"). Call it only after success: after a failure a
+    peer may be blocked in a collective (the barrier would hang), and torchrun stops the ranks anyway."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def all_reduce_grads(params: Iterable[torch.nn.Parameter], info: DistInfo) -> None:

@@ -391,11 +391,12 @@ def train(cfg: TrainConfig, resume: bool | str | os.PathLike[str] | None = None,
         if cfg.deterministic and device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
-        return _train(cfg, resume, device, info, out, on_epoch)
+        result = _train(cfg, resume, device, info, out, on_epoch)
     finally:
         if cfg.deterministic and device.type == "cuda":
             torch.use_deterministic_algorithms(prev_det[0], warn_only=prev_det[1])
-        D.cleanup()
+    D.cleanup()  # only after success: see its docstring
+    return result
 
 
 def _load_init_from(cfg: TrainConfig) -> dict[str, Any]:
