@@ -68,6 +68,22 @@ def test_cli_shanghaitech_a_known_answers(shared_data, capsys, sigma, expected):
     assert out["n_images"] == 182
 
 
+def test_cli_several_sigmas_in_one_call_match_separate_calls(shared_data, capsys):
+    """--sigma small large 4 8: one JSON object keyed by sigma, each entry equal to its own call
+    (and the published known answers for sigma_s / sigma_l)."""
+    ref = shared_data / "eval_reference" / "nwpu_val"
+    files = ["--gt", str(ref / "val_gt_loc.txt"), "--pred", str(ref / "pred_raz_loc.txt")]
+    many = _run_json(capsys, *files, "--sigma", "small", "large", "4", "8")
+    assert list(many) == ["small", "large", "4", "8"]
+    for key in many:
+        assert many[key] == _run_json(capsys, *files, "--sigma", key)
+    assert round(many["small"]["f1"], 5) == 0.54523 and round(many["large"]["f1"], 5) == 0.62490
+    assert many["4"]["tp"] < many["8"]["tp"] < many["large"]["tp"]  # wider thresholds match more
+    assert cli_main(["eval-points", *files, "--sigma", "small", "large"]) == 0
+    text = capsys.readouterr().out
+    assert "sigma small" in text and "sigma large" in text and "f1 0.62490" in text
+
+
 # ---------------------------------------------------------------- CLI behaviour on tiny files
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from autoscale.errors import AutoScaleError
+from autoscale.io import atomic_path
 from autoscale.pipeline import PipelineConfig
 
 __all__ = ["FinalMap", "export_onnx", "check_onnx"]
@@ -126,31 +127,28 @@ def export_onnx(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AutoScaleError(f"{path.parent}: cannot create the output directory ({exc.strerror or exc})") from None
-    tmp = path.with_name(f".{path.name}.tmp")
     x = torch.zeros(1, 3, height, width)
     axes = {"image": {2: "height", 3: "width"}, "map": {2: "height", 3: "width"}} if dynamic else None
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["image"],
-                              output_names=["map"], dynamic_axes=axes, do_constant_folding=True)
-        proto = onnx.load(str(tmp))
-        for key, val in (("normalization_mean", mean), ("normalization_std", std)):
-            proto.metadata_props.add(key=key, value=json.dumps([float(v) for v in val]))
-        onnx.save(proto, str(tmp))
-        onnx.checker.check_model(str(tmp))
-        checks: list[dict[str, Any]] = []
-        if check:
-            sizes = check_sizes or ([(height, width), (height + 24, width - 40 if width > 56 else width + 40)]
-                                    if dynamic else [(height, width)])
-            checks = check_onnx(tmp, module, sizes)
-        tmp.replace(path)
-    except AutoScaleError:
-        tmp.unlink(missing_ok=True)
-        raise
-    except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
-        tmp.unlink(missing_ok=True)
-        raise AutoScaleError(f"ONNX export failed ({type(exc).__name__}: {exc})") from None
+    with atomic_path(path, "ONNX model") as tmp:
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["image"],
+                                  output_names=["map"], dynamic_axes=axes, do_constant_folding=True)
+            proto = onnx.load(str(tmp))
+            for key, val in (("normalization_mean", mean), ("normalization_std", std)):
+                proto.metadata_props.add(key=key, value=json.dumps([float(v) for v in val]))
+            onnx.save(proto, str(tmp))
+            onnx.checker.check_model(str(tmp))
+            checks: list[dict[str, Any]] = []
+            if check:
+                sizes = check_sizes or ([(height, width), (height + 24, width - 40 if width > 56 else width + 40)]
+                                        if dynamic else [(height, width)])
+                checks = check_onnx(tmp, module, sizes)
+        except AutoScaleError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
+            raise AutoScaleError(f"ONNX export failed ({type(exc).__name__}: {exc})") from None
     return {"path": str(path), "variant": variant, "opset": opset, "dynamic": dynamic,
             "input": "image float32 (1, 3, H, W), (rgb / 255 - mean) / std",
             "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},

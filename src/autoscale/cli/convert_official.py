@@ -8,33 +8,12 @@ The output is written atomically (temporary file in the destination folder + ``o
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
-
-import torch
 
 from autoscale.errors import CheckpointError
 
 
-def save_atomic(obj: Any, out: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file beside ``out``, then ``os.replace`` it into place."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise CheckpointError(f"{out}: output folder {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
-
-
 def _handler(args: argparse.Namespace) -> int:
+    from autoscale.engine.checkpoint import save_atomic
     from autoscale.models.official import convert_official, to_official
     from autoscale.models.registry import load_checkpoint
 
@@ -58,11 +37,11 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add ``convert-official``."""
     p = subparsers.add_parser(
         "convert-official",
-        help="convert an authors' AutoScale checkpoint to autoscale's format (or back)",
+        help=summary,
         description="Convert an authors' AutoScale checkpoint (model_best.pth) to autoscale's format, or back.",
     )
     p.add_argument("src", help="the authors' model_best.pth (or ours, with --to-official)")

@@ -17,11 +17,11 @@ from autoscale.data.formats import FORMATS, read_dataset
 from autoscale.data.record import OUTSIDE_POLICIES
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add ``stats`` to the ``data`` group's subparsers."""
     p = subparsers.add_parser(
         "stats",
-        help="image sizes and head counts of a dataset split",
+        help=summary,
         description="Read a dataset split and report image sizes and head counts.",
     )
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="dataset format")

@@ -6,11 +6,11 @@ import argparse
 from autoscale.data.synth import DEFAULT_SPLITS, generate_dataset, parse_size, parse_splits
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add ``synth`` to the ``data`` group's subparsers."""
     p = subparsers.add_parser(
         "synth",
-        help="generate synthetic crowd images with head annotations (generic format)",
+        help=summary,
         description="Generate procedural crowd scenes (perspective ground plane, long-tailed "
                     "cluster densities, head-like distractors) and write OUT/images/*.png, "
                     "OUT/annotations/*.json, OUT/<split>.txt and OUT/dataset.json.",

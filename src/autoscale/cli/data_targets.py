@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +21,15 @@ from tqdm import tqdm
 from autoscale.data.formats import FORMATS, get_format, read_dataset
 from autoscale.data.preprocess import RESIZE_RULES, get_resize_rule
 from autoscale.errors import ConfigError, DataError
+from autoscale.io import atomic_path, atomic_write_text
 from autoscale.targets import DISTANCE_EDGES, adaptive_density_map, density_map, distance_label_map
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add ``targets`` to the ``data`` group's subparsers."""
     p = subparsers.add_parser(
         "targets",
-        help="write ground-truth density / distance-label maps (.npy per image)",
+        help=summary,
         description="Write one ground-truth map per image: <image stem>.npy in --out.",
     )
     p.add_argument("--format", required=True, choices=sorted(FORMATS), help="dataset format")
@@ -57,14 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, "target map", sync=False) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _parse_edges(text: str | None) -> tuple[float, ...]:
@@ -133,9 +126,7 @@ def run(args: argparse.Namespace) -> int:
         "distance_method": args.distance_method if args.kind == "distance" else None,
         "resize": rule.name, "images": per_image, "skipped_unannotated": skipped,
     }
-    tmp = out / ".targets.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / "targets.json")
+    atomic_write_text(out / "targets.json", json.dumps(manifest, indent=1) + "\n", "targets manifest")
     what = "density" if args.kind == "density" else "distance-label"
     if args.kind == "distance":
         kernel = f"{len(edges)} classes"

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from autoscale.demo import BUDGETS
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add the top-level ``demo`` command."""
     p = subparsers.add_parser(
         "demo",
-        help="train and compare FPN and AutoScale on built-in synthetic crowds (CPU, minutes)",
+        help=summary,
         description="Draw a synthetic crowd dataset, train fpn/autoscale x regression/localization "
                     "from scratch for a fixed budget, evaluate on the test split and write "
                     "OUT/report.md, OUT/results.json and OUT/checkpoints/*.pt.",
@@ -28,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from autoscale.demo import run_demo
+    from autoscale.demo import BUDGETS, run_demo
 
     budget = "smoke" if args.smoke else "default"
     overrides: dict = {} if args.threads is None else {"threads": args.threads}

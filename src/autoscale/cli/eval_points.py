@@ -29,20 +29,22 @@ def _sigma(value: str) -> str | float:
     return s
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add the ``eval-points`` command."""
     p = subparsers.add_parser(
         "eval-points",
-        help="localization P/R/F1 and counting MAE/RMSE/NAE from NWPU-format point files",
+        help=summary,
         description="Score point predictions against localization ground truth (NWPU-Crowd "
                     "file formats): micro precision/recall/F1 within each GT point's threshold, "
                     "plus MAE/RMSE/NAE from the per-image point counts.",
     )
     p.add_argument("--gt", required=True, help="GT file: 'id num x y sigma_s sigma_l level ...' lines")
     p.add_argument("--pred", required=True, help="prediction file: 'id num x y ...' lines")
-    p.add_argument("--sigma", type=_sigma, default="large",
-                   help="match threshold: 'small' (each GT point's sigma_s), 'large' (sigma_l, the "
-                        "NWPU leaderboard number; default) or a fixed number of pixels")
+    p.add_argument("--sigma", type=_sigma, nargs="+", default=["large"], metavar="SIGMA",
+                   help="match threshold(s): 'small' (each GT point's sigma_s), 'large' (sigma_l, the "
+                        "NWPU leaderboard number; default) or a fixed number of pixels; several values "
+                        "(e.g. --sigma small large 4 8) are scored in one pass over the files, and --json "
+                        "then prints one object keyed by sigma")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run)
 
@@ -55,18 +57,32 @@ def _clean(v):
     return v
 
 
-def evaluate(gt_path: str, pred_path: str, sigma: str | float) -> dict:
-    """The flat result dict the command prints (NaN as None)."""
+def sigma_key(sigma: str | float) -> str:
+    """The key of ``sigma`` in a multi-sigma result: ``"small"``, ``"large"`` or e.g. ``"4"``, ``"2.5"``."""
+    return sigma if isinstance(sigma, str) else f"{float(sigma):g}"
+
+
+def evaluate_many(gt_path: str, pred_path: str, sigmas: list[str | float]) -> dict[str, dict]:
+    """:func:`evaluate` for several thresholds, reading and matching the files once: ``{sigma_key: result}``
+    in the order given (a repeated sigma is scored once)."""
+    sigmas = list(dict.fromkeys(sigmas))
     gt = read_loc_gt(gt_path)
     pred = read_loc_pred(pred_path)
-    res = score_loc(gt, pred, [sigma], pred_path=pred_path)
-    loc = next(iter(res["loc"].values()))
+    res = score_loc(gt, pred, sigmas, pred_path=pred_path)
     cnt = res["counting"]
-    out = {"sigma": sigma, "n_images": cnt["n"]}
-    out |= {k: loc[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn")}
-    out |= {k: cnt[k] for k in ("mae", "rmse", "mse", "nae")}
-    out |= {"per_level_recall": loc["per_level_recall"], "mean_level_recall": loc["mean_level_recall"]}
-    return {k: _clean(v) for k, v in out.items()}
+    out: dict[str, dict] = {}
+    for sigma, loc in zip(sigmas, res["loc"].values()):
+        row = {"sigma": sigma, "n_images": cnt["n"]}
+        row |= {k: loc[k] for k in ("precision", "recall", "f1", "tp", "fp", "fn")}
+        row |= {k: cnt[k] for k in ("mae", "rmse", "mse", "nae")}
+        row |= {"per_level_recall": loc["per_level_recall"], "mean_level_recall": loc["mean_level_recall"]}
+        out[sigma_key(sigma)] = {k: _clean(v) for k, v in row.items()}
+    return out
+
+
+def evaluate(gt_path: str, pred_path: str, sigma: str | float) -> dict:
+    """The flat result dict the command prints for one threshold (NaN as None)."""
+    return next(iter(evaluate_many(gt_path, pred_path, [sigma]).values()))
 
 
 def _num(v: float | None, digits: int) -> str:
@@ -84,6 +100,11 @@ def report(out: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = evaluate(args.gt, args.pred, args.sigma)
-    print(json.dumps(out) if args.json else report(out))  # built in full first: never half a report
+    many = evaluate_many(args.gt, args.pred, args.sigma)
+    # built in full first: never half a report
+    if len(many) == 1:
+        out = next(iter(many.values()))
+        print(json.dumps(out) if args.json else report(out))
+    else:
+        print(json.dumps(many) if args.json else "\n\n".join(report(r) for r in many.values()))
     return 0

@@ -17,11 +17,11 @@ import json
 import sys
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add the ``evaluate`` command."""
     p = subparsers.add_parser(
         "evaluate",
-        help="evaluate a checkpoint on a dataset split (MAE/RMSE/NAE, P/R/F1, dense regions)",
+        help=summary,
         description="Evaluate a checkpoint on a dataset split: counting metrics and groups, localization "
                     "P/R/F1 (localization checkpoints), dense-region metrics (Table 8), scale factors.",
     )

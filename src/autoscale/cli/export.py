@@ -5,11 +5,11 @@ import argparse
 import json
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add the ``export`` command."""
     p = subparsers.add_parser(
         "export",
-        help="export the counting network (single pass) to ONNX",
+        help=summary,
         description="Export the FPN counting network (ImageNet-normalised image -> final map) to ONNX with "
                     "dynamic height/width, and check it against PyTorch with onnxruntime. Needs "
                     "`pip install autoscale[onnx]`.",

@@ -36,11 +36,11 @@ def _positive_float(v: str) -> float:
     return f
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add the ``predict`` command."""
     p = subparsers.add_parser(
         "predict",
-        help="count people in an image, a folder of images or a video",
+        help=summary,
         description="Run a trained AutoScale checkpoint on an image file, a folder of images (natural "
                     "order) or a video, and write counts, maps, points and overlays to --out.",
     )

@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from autoscale.engine.config import list_presets, load_config
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a counter (FPN baseline or AutoScale) from a config or preset",
+def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    p = subparsers.add_parser("train", help=summary,
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="CONFIG", help="YAML config file or preset name (see --list-presets)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -37,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_presets:
+        from autoscale.configs import list_presets
+
         print("\n".join(list_presets()))
         return 0
     if not args.config:
@@ -49,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"out={args.out}")
     if args.skip_unannotated:
         overrides.append("data.skip_unannotated=true")
-    cfg = load_config(args.config, overrides)
+    from autoscale.engine.config import load_config
     from autoscale.engine.trainer import train
 
+    cfg = load_config(args.config, overrides)
     result = train(cfg, resume=args.resume)
     if result.interrupted:
         return 130

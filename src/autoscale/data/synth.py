@@ -49,6 +49,7 @@ from scipy.spatial import cKDTree
 
 from autoscale.data.formats import write_generic_annotation, write_generic_list
 from autoscale.errors import ConfigError, DataError
+from autoscale.io import atomic_write_text
 
 GENERATOR_NAME = "autoscale.synth"
 GENERATOR_VERSION = 1
@@ -531,12 +532,6 @@ def split_counts(n: int, splits: Mapping[str, float]) -> dict[str, int]:
     return dict(zip(splits.keys(), counts.tolist()))
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
-
-
 def _render_one(job: tuple[str, SynthConfig, int, int]) -> dict[str, Any]:
     out, cfg, seed, i = job
     root = Path(out)
@@ -648,7 +643,7 @@ def generate_dataset(
             "mean": round(float(cnt.mean()), 2), "median": float(np.median(cnt)),
         },
     }
-    _write_json(root / "dataset.json", summary)
+    atomic_write_text(root / "dataset.json", json.dumps(summary, separators=(",", ":")) + "\n", "dataset summary")
     return {**summary, "seconds": round(seconds, 3)}
 
 

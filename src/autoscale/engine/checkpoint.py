@@ -23,9 +23,6 @@ reads it.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
 import random
 import subprocess
 from functools import lru_cache
@@ -37,7 +34,8 @@ import numpy as np
 import torch
 
 import autoscale
-from autoscale.errors import AutoScaleError, CheckpointError
+from autoscale.errors import CheckpointError
+from autoscale.io import atomic_path
 from autoscale.models.registry import load_checkpoint
 
 __all__ = ["save_atomic", "load_training_checkpoint", "rng_state", "set_rng_state", "code_version", "TRAINING_KEYS"]
@@ -47,40 +45,13 @@ TRAINING_KEYS = ("pipeline", "config", "method", "epoch", "batch_in_epoch", "ste
 
 
 def save_atomic(obj: dict[str, Any], path: str | PathLike[str]) -> Path:
-    """``torch.save`` to ``path.tmp`` (flushed to disk with ``fsync``), then ``os.replace`` onto
-    ``path``: a reader sees either the old or the new complete file, never a partial one.
-
-    A failed write (disk full, quota, I/O error) removes the ``.tmp`` file, leaves any previous
-    ``path`` untouched and raises :class:`AutoScaleError` as one line naming ``path``, the
-    reason and whether a previous checkpoint there is intact."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    try:
+    """``torch.save`` ``obj`` to ``path`` atomically (:func:`autoscale.io.atomic_path`): a reader
+    sees either the old or the new complete file, never a partial one; a failed write (disk full,
+    quota, I/O error) leaves any previous ``path`` untouched and raises :class:`AutoScaleError` as
+    one line naming ``path``, the reason and whether a previous checkpoint there is intact."""
+    with atomic_path(path, "checkpoint") as tmp:
         torch.save(obj, tmp)
-        _fsync(tmp)
-        os.replace(tmp, p)
-    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a failed write as RuntimeError
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.strerror:
-            reason = exc.strerror
-        else:
-            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        kept = f"the previous {p.name} is intact" if p.is_file() else f"no {p.name} was written"
-        raise AutoScaleError(f"{p}: cannot write checkpoint ({reason}); {kept}") from None
-    return p
-
-
-def _fsync(path: Path) -> None:
-    """Flush ``path``'s data to the disk (where the OS allows fsync on a read-only descriptor)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # a file system without fsync on read-only descriptors: not a failed write
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.EPERM):
-            raise
-    finally:
-        os.close(fd)
+    return Path(path)
 
 
 def load_training_checkpoint(path: str | PathLike[str]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from autoscale.configs import PRESET_DIR, list_presets
 from autoscale.errors import ConfigError
 from autoscale.pipeline import PipelineConfig
 
@@ -35,7 +36,6 @@ __all__ = [
     "load_config", "config_from_dict", "config_to_dict", "list_presets", "preset_path",
 ]
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 #: What presets put in ``data.root``; :func:`load_config` refuses it.
 PLACEHOLDER_ROOT = "<set data.root=...>"
 
@@ -375,11 +375,6 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
         return v
 
     return plain(cfg)
-
-
-def list_presets() -> list[str]:
-    """Names of the bundled presets (``src/autoscale/configs/*.yaml``)."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
 def preset_path(name: str) -> Path:

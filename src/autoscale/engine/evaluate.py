@@ -53,7 +53,6 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict
 from os import PathLike
@@ -68,6 +67,7 @@ from autoscale.data.image_io import read_image
 from autoscale.data.preprocess import ResizeRule, get_resize_rule
 from autoscale.data.record import ImageRecord, inside_mask
 from autoscale.errors import ConfigError, DataError
+from autoscale.io import atomic_write_text
 from autoscale.metrics import (
     counting_metrics,
     grouped_counting_metrics,
@@ -132,12 +132,6 @@ def _clean(v: Any) -> Any:
     if isinstance(v, np.integer):
         return int(v)
     return v
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 Box = tuple[float, float, float, float]
@@ -418,7 +412,7 @@ def write_report(metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], 
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else ("" if v is None else v)) for k, v in r.items()})
-    _atomic_text(out / "per_image.csv", buf.getvalue())
+    atomic_write_text(out / "per_image.csv", buf.getvalue(), "per-image results")
 
     figs: list[tuple[str, str]] = []
     if figures and metrics["scales"]["n"]:
@@ -470,5 +464,5 @@ def write_report(metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], 
               f"min {_fmt(s['min'], 3)}, max {_fmt(s['max'], 3)}.", ""]
     for title, fname in figs:
         lines += [f"### {title}", "", f"![{title}]({fname})", ""]
-    _atomic_text(out / "report.md", "\n".join(lines))
-    _atomic_text(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines), "report")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, allow_nan=False) + "\n", "metrics")
