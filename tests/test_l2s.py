@@ -101,11 +101,12 @@ def test_roi_features_is_block_mean():
 
 
 def test_zoomed_size():
-    assert zoomed_size(10, 7, 2.0) == (20, 14)
-    assert zoomed_size(3, 5, 0.1) == (1, 1)
-    assert zoomed_size(10, 7, torch.tensor(1.5)) == (15, 10)  # round(10.5) = 10 (half to even)
+    assert zoomed_size((0, 0, 7, 10), 2.0) == (20, 14)
+    assert zoomed_size((0, 0, 5, 3), 0.1) == (1, 1)
+    # round(10.5) = 10 (half to even); a tensor scale (L2S output) is read without detaching the graph
+    assert zoomed_size((0, 0, 7, 10), torch.tensor(1.5, requires_grad=True)) == (15, 10)
     with pytest.raises(ValueError):
-        zoomed_size(3, 3, 0.0)
+        zoomed_size((0, 0, 3, 3), 0.0)
 
 
 @pytest.mark.parametrize("scale", [0.6, 1.0, 1.75, 2.5])
@@ -113,7 +114,7 @@ def test_zoom_matches_bruteforce(scale):
     g = torch.Generator().manual_seed(1)
     img = torch.rand(1, 2, 17, 23, generator=g)
     box = (4, 3, 9, 7)
-    out_hw = zoomed_size(7, 9, scale)
+    out_hw = zoomed_size(box, scale)
     bil = zoom_region(img, box, scale, method="bilinear")
     stn = zoom_region(img, box, torch.tensor(scale), method="stn")
     assert bil.shape == stn.shape == (1, 2, *out_hw)

@@ -12,7 +12,7 @@ Everything here is numpy / scipy / OpenCV only (no torch).
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -445,13 +445,17 @@ def region_points(points: np.ndarray | Sequence[Sequence[float]], box: Sequence[
 # --------------------------------------------------------------------------------------------
 # regeneration for a rescaled region (online ground-truth update, §3.4 and Table 11)
 # --------------------------------------------------------------------------------------------
-def zoomed_size(box: Sequence[int], scale: float) -> tuple[int, int]:
+def zoomed_size(box: Sequence[int], scale: Any) -> tuple[int, int]:
     """Size ``(H', W') = (max(1, round(h * s)), max(1, round(w * s)))`` of region ``(x, y, w, h)``
-    zoomed by ``scale`` (Python ``round``: halves go to the even integer)."""
+    zoomed by ``scale`` (Python ``round``: halves go to the even integer, the project-wide
+    convention). ``scale``: a number or a one-element array/tensor (e.g. the L2S output). The one
+    rule for the zoomed size: the network's zoom (:func:`autoscale.models.l2s.zoom_region`) and the
+    regenerated ground truth use it alike."""
     _, _, w, h = _check_box(box)
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite number > 0, got {scale}")
-    return max(1, round(h * scale)), max(1, round(w * scale))
+    s = float(scale.detach().reshape(-1)[0]) if hasattr(scale, "detach") else float(np.asarray(scale).reshape(-1)[0])
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {s}")
+    return max(1, round(h * s)), max(1, round(w * s))
 
 
 def zoom_points(

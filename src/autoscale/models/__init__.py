@@ -14,7 +14,8 @@ from autoscale.models.efficientnet_lite import (
     load_imagenet_efficientnet,
 )
 from autoscale.models.fpn import BACKBONES, FPNOutput, LocalizationFPN, RegressionFPN, center_crop
-from autoscale.models.l2s import FIXED_SCALES, L2S, FixedScale, roi_features, zoom_region, zoomed_size
+from autoscale.models.l2s import FIXED_SCALES, L2S, FixedScale, roi_features, zoom_region
+from autoscale.targets import zoomed_size  # the one rule, shared with the regenerated targets
 from autoscale.models.registry import (
     Weights,
     backbone_normalization,

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoscale.targets import zoomed_size
+
 __all__ = [
     "FIXED_SCALES",
     "FixedScale",
@@ -38,7 +40,6 @@ __all__ = [
     "ROI_SIZE",
     "roi_features",
     "zoom_region",
-    "zoomed_size",
 ]
 
 ROI_SIZE = 14
@@ -152,17 +153,6 @@ class FixedScale(nn.Module):
         return self(features)
 
 
-def zoomed_size(h: int, w: int, scale: float | torch.Tensor) -> tuple[int, int]:
-    """Output size ``(max(1, round(h*s)), max(1, round(w*s)))`` of a zoomed ``h x w`` region.
-
-    ``round`` is Python's (half to even), the project-wide convention.
-    """
-    s = float(scale.detach().reshape(-1)[0]) if isinstance(scale, torch.Tensor) else float(scale)
-    if not s > 0:
-        raise ValueError(f"scale must be positive, got {s}")
-    return max(1, round(h * s)), max(1, round(w * s))
-
-
 def zoom_region(
     image: torch.Tensor,
     box: Box,
@@ -173,8 +163,8 @@ def zoom_region(
 ) -> torch.Tensor:
     """Resize region ``box = (x, y, w, h)`` of ``image (B, C, H, W)`` by ``scale``.
 
-    The output is ``(B, C, H', W')`` with ``(H', W') = size or zoomed_size(h, w, scale)``, and output
-    pixel ``(i, j)`` samples the continuous image point ``(x + (j + 0.5) w / W', y + (i + 0.5) h / H')``
+    The output is ``(B, C, H', W')`` with ``(H', W') = size`` or :func:`autoscale.targets.zoomed_size`,
+    and output pixel ``(i, j)`` samples the continuous image point ``(x + (j + 0.5) w / W', y + (i + 0.5) h / H')``
     (the architecture's zoom mapping; bilinear resize with align_corners=False).
 
     ``method="bilinear"``: crop then ``F.interpolate``; ``scale`` only sets the size (no gradient).
@@ -189,7 +179,7 @@ def zoom_region(
         raise ValueError(f"image must be (B, C, H, W), got {tuple(image.shape)}")
     B, _, H, W = image.shape
     x, y, w, h = _check_box(box, H, W)
-    out_hw = tuple(size) if size is not None else zoomed_size(h, w, scale)
+    out_hw = tuple(size) if size is not None else zoomed_size((0, 0, w, h), scale)
     if method == "bilinear":
         crop = image[..., y:y + h, x:x + w]
         return F.interpolate(crop, size=out_hw, mode="bilinear", align_corners=False)
