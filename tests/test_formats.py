@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -190,11 +189,8 @@ def _independent_counts(split_dir: Path, size=None):
 
 def test_shanghaitech_real_data(shared_data):
     sh = shared_data / "shanghaitech"
-    t0 = time.perf_counter()
     train_b = read_dataset("shanghaitech", sh / "part_B", "train")
-    elapsed = time.perf_counter() - t0
     assert len(train_b) == 400
-    assert elapsed < 5.0, f"reading 400 ShanghaiTech B records took {elapsed:.2f} s"
     assert {(r.width, r.height) for r in train_b} == {(1024, 768)}
     test_b = read_dataset("shanghaitech", sh / "part_B", "test")
     assert len(test_b) == 316
