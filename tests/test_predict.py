@@ -97,6 +97,14 @@ def test_image_layout_and_api_matches_cli(tmp_path, ckpts, capsys):
     np.testing.assert_allclose(m, pred.map, rtol=1e-6)
     # No temporary files left behind.
     assert not [p for p in out.rglob(".*tmp*")]
+    # The progress journal (what --resume reads): the run header, then one line for the image.
+    lines = (out / "progress.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["format"] == "autoscale-predict-progress"
+    assert [json.loads(ln)["image"] for ln in lines[1:]] == ["crowd"]
+    # The runner moved to autoscale.runner; the old import path still works.
+    from autoscale.runner import predict_paths as runner_predict_paths
+
+    assert predict_paths is runner_predict_paths
 
 
 def test_folder_with_corrupt_file_natural_order(tmp_path, ckpts, capsys):

@@ -1,4 +1,4 @@
-"""Prediction for users: a small Python API and the file/folder/video runner behind ``autoscale predict``.
+"""Prediction for users: the :class:`Predictor` API (the runner behind ``autoscale predict`` is :mod:`autoscale.runner`).
 
 Python API::
 
@@ -41,32 +41,16 @@ authors' release has none and gets the paper defaults for its variant with ``zoo
 checkpoint without L2S weights (``method: "fpn"``, the baseline) predicts single-pass unless its
 pipeline sets ``fixed_scale``.
 
-Output layout of :func:`predict_paths` (``DIR``)::
-
-    counts.csv            image,count           (written last)
-    counts.json           per-image counts, regions, settings, "errors" (written last)
-    maps/<name>.npy       map at the input resolution
-    points/<name>.csv     x,y head points, input-image pixels
-    overlays/<name>.png   heatmap + dense-region box + points with KNN boxes
-    nwpu_counts.txt       "id count" (with nwpu=True; id = numeric file stem)
-    nwpu_loc.txt          "id num x y ..." (with nwpu=True; integer coordinates, floor)
-
-Every file is written to a temporary name and renamed into place. ``DIR`` is only touched once the
-first image has been counted: then the stale ``counts.*`` of an earlier run are removed, so an
-interrupted run never leaves a file that looks complete. A run that counts nothing (its only input,
-or every input, unreadable) fails with one :class:`DataError` and leaves ``DIR`` as it was.
+The file / folder / video runner (:func:`predict_paths`, ``autoscale predict``), its output layout
+and ``--resume`` live in :mod:`autoscale.runner`; :func:`predict_paths`, :data:`IMAGE_EXTS` and
+:data:`VIDEO_EXTS` are re-exported here.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
-import os
-import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
@@ -75,13 +59,13 @@ import cv2
 import numpy as np
 import torch
 
-from autoscale.data.formats import natural_key
-from autoscale.data.image_io import check_pixels, read_image, to_rgb_array
+from autoscale.data.image_io import read_image, to_rgb_array
 from autoscale.data.preprocess import ResizeRule
 from autoscale.errors import AutoScaleError, CheckpointError, ConfigError, DataError
 from autoscale.models.registry import build_from_checkpoint, check_checkpoint, load_checkpoint
 from autoscale.pipeline import AutoScale, PipelineConfig, PipelineResult
 from autoscale.postprocess import density_peaks
+from autoscale.runner import IMAGE_EXTS, VIDEO_EXTS, predict_paths
 
 __all__ = [
     "IMAGE_EXTS",
@@ -97,14 +81,7 @@ __all__ = [
     "restore_map",
 ]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
-VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 PointsMode = Literal["auto", "peaks", "none"]
-
-# A corrupt video makes OpenCV's FFmpeg backend print FFmpeg's own log lines ("moov atom not
-# found") before our one-line report. FFmpeg's level is read once, when OpenCV first uses FFmpeg:
-# quiet it before any video is opened; an explicit setting in the environment wins.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -393,290 +370,6 @@ class Predictor:
 
     def predict_paths(self, inputs: str | PathLike[str] | Sequence[str | PathLike[str]], out_dir: str | PathLike[str],
                       **kwargs: Any) -> dict[str, Any]:
-        """:func:`predict_paths` with this predictor."""
+        """:func:`autoscale.runner.predict_paths` with this predictor (same keyword arguments,
+        e.g. ``resume=True``)."""
         return predict_paths(self, inputs, out_dir, **kwargs)
-
-
-# ---------------------------------------------------------------------------------- file runner
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
-def _points_csv(points: np.ndarray) -> bytes:
-    lines = ["x,y"] + [f"{x:.3f},{y:.3f}" for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2)]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _check_out(out_dir: Path) -> None:
-    """Refuse an output path that cannot become a writable folder, without creating or changing
-    anything (the folder is prepared by :func:`_prepare_out` once there is something to write)."""
-    existing = out_dir
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "exists and is not a directory" if existing == out_dir else f"lies under {existing}, not a directory"
-        raise DataError(out_dir, f"cannot write the output directory (the path {what})")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(out_dir, f"cannot write the output directory ({existing}: permission denied)")
-
-
-def _prepare_out(out_dir: Path) -> Path:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for sub in ("maps", "points", "overlays"):
-            (out_dir / sub).mkdir(exist_ok=True)
-        probe = out_dir / f".write_test{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-        # Stale completion markers of an earlier run must not outlive an interrupted new one.
-        for stale in ("counts.csv", "counts.json", "nwpu_counts.txt", "nwpu_loc.txt"):
-            (out_dir / stale).unlink(missing_ok=True)
-    except OSError as exc:
-        raise DataError(out_dir, f"cannot write the output directory ({exc.strerror or exc})") from None
-    return out_dir
-
-
-def _expand_inputs(inputs: str | PathLike[str] | Sequence[str | PathLike[str]]) -> list[tuple[str, Path]]:
-    """``[(kind, path)]`` with kind ``image`` / ``video``; folders list their images naturally sorted."""
-    items = [inputs] if isinstance(inputs, (str, PathLike)) else list(inputs)
-    out: list[tuple[str, Path]] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            files = sorted((q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTS
-                            and not q.name.startswith(".")), key=lambda q: natural_key(q.name))
-            if not files:
-                raise DataError(p, f"no images found in folder (extensions {', '.join(IMAGE_EXTS)})")
-            out.extend(("image", q) for q in files)
-        elif p.is_file():
-            out.append(("video" if p.suffix.lower() in VIDEO_EXTS else "image", p))
-        else:
-            raise DataError(p, "input not found")
-    return out
-
-
-@contextlib.contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """OpenCV's own log lines (``[ WARN:0] ... VIDEOIO(FFMPEG): ...``) silenced meanwhile: the
-    failures they describe are reported by us, as one line."""
-    log = getattr(getattr(cv2, "utils", None), "logging", None)
-    if log is None:  # pragma: no cover - every OpenCV 4/5 build has it
-        yield
-        return
-    old = log.getLogLevel()
-    log.setLogLevel(log.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        log.setLogLevel(old)
-
-
-def _open_video(path: Path) -> cv2.VideoCapture:
-    """Open with the FFmpeg backend when OpenCV has it (no fallback to OpenCV's built-in AVI
-    parser, which prints to stderr itself), quietly; :class:`DataError` when it cannot be opened
-    or its frames are above the decoding limit (:func:`autoscale.data.image_io.max_pixels`)."""
-    with _quiet_opencv():
-        api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
-        cap = cv2.VideoCapture(str(path), api)
-        opened = cap.isOpened()
-    if not opened:
-        cap.release()
-        raise DataError(path, "cannot open video (unsupported codec or corrupt file)")
-    try:
-        check_pixels(path, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    except DataError:
-        cap.release()
-        raise
-    return cap
-
-
-def _video_frames(path: Path, every_n_frames: int | None, fps: float | None) -> Iterator[tuple[int, np.ndarray]]:
-    """Sampled ``(frame index, RGB frame)``: every ``every_n_frames``-th frame (default 1), or
-    ``fps`` frames per second (step ``max(1, round(video_fps / fps))``; step 1 when the file states
-    no frame rate). Frame 0 is always the first sample."""
-    cap = _open_video(path)
-    try:
-        if fps is not None:
-            native = cap.get(cv2.CAP_PROP_FPS) or 0.0
-            step = max(1, round(native / fps)) if native > 0 else 1
-        else:
-            step = int(every_n_frames or 1)
-        idx = 0
-        while True:
-            if idx % step == 0:
-                with _quiet_opencv():
-                    ok, frame = cap.read()
-                if not ok:
-                    break
-                yield idx, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            else:
-                with _quiet_opencv():
-                    ok = cap.grab()
-                if not ok:
-                    break
-            idx += 1
-    finally:
-        cap.release()
-
-
-def predict_paths(
-    predictor: Predictor,
-    inputs: str | PathLike[str] | Sequence[str | PathLike[str]],
-    out_dir: str | PathLike[str],
-    *,
-    every_n_frames: int | None = None,
-    fps: float | None = None,
-    nwpu: bool = False,
-    overlays: bool = True,
-    save_maps: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Count images, folders and videos and write the output layout of the module docstring.
-
-    ``inputs``: an image file, a folder of images (natural order; unreadable files are reported on
-    stderr and under ``"errors"`` in counts.json, the rest still run) or a video file (frames named
-    ``<stem>_f000123`` by frame index, sampled by ``every_n_frames`` or ``fps``), or a list of them.
-    Names repeated across inputs get ``_2``, ``_3``... appended.
-
-    Returns:
-        The counts.json content. Raises :class:`DataError` for a missing input, an unwritable
-        ``out_dir``, a lone unreadable image or video, or when no input could be read at all; then
-        ``out_dir`` is left exactly as it was (an earlier run's outputs stay intact), and the
-        notices about skipped inputs are folded into that one error.
-    """
-    if every_n_frames is not None and fps is not None:
-        raise ConfigError("give either every_n_frames or fps, not both")
-    if every_n_frames is not None and int(every_n_frames) < 1:
-        raise ConfigError(f"every_n_frames must be >= 1, got {every_n_frames}")
-    if fps is not None and not fps > 0:
-        raise ConfigError(f"fps must be > 0, got {fps}")
-    items = _expand_inputs(inputs)
-    out_path = Path(out_dir)
-    _check_out(out_path)
-    out = out_path  # prepared (stale counts.* removed) by the first counted image, not before
-    prepared = False
-    say = log or (lambda msg: print(msg, file=sys.stderr))
-    held: list[str] = []  # notices about skipped inputs, printed once an image has been counted
-    failures: list[tuple[Path, str]] = []
-    records: list[dict[str, Any]] = []
-    errors: list[dict[str, str]] = []
-    used: set[str] = set()
-    nwpu_counts: dict[int, float] = {}
-    nwpu_points: dict[int, np.ndarray] = {}
-
-    def unique(name: str) -> str:
-        base, k = name, 2
-        while name in used:
-            name, k = f"{base}_{k}", k + 1
-        used.add(name)
-        return name
-
-    def skipped(path: Path, problem: str, error: str) -> None:
-        errors.append({"image": str(path), "error": error})
-        failures.append((path, problem))
-        msg = f"autoscale: skipped {path}: {problem}"
-        if prepared:
-            say(msg)
-        else:
-            held.append(msg)
-
-    def process(rgb: np.ndarray, name: str, source: str) -> None:
-        nonlocal prepared
-        pred = predictor.predict_array(rgb, name=name)
-        if not prepared:
-            _prepare_out(out_path)
-            prepared = True
-            for msg in held:
-                say(msg)
-            held.clear()
-        if save_maps:
-            _atomic_write(out / "maps" / f"{name}.npy", _npy_bytes(pred.map))
-        _atomic_write(out / "points" / f"{name}.csv", _points_csv(pred.points))
-        if overlays:
-            from autoscale.viz import draw_overlay
-
-            ov = draw_overlay(rgb, pred.map, variant=predictor.variant, regions=pred.regions, points=pred.points)
-            ok, buf = cv2.imencode(".png", cv2.cvtColor(ov, cv2.COLOR_RGB2BGR))
-            if not ok:  # pragma: no cover
-                raise DataError(out / "overlays" / f"{name}.png", "PNG encoding failed")
-            _atomic_write(out / "overlays" / f"{name}.png", buf.tobytes())
-        records.append({"image": name, "source": source, "count": pred.count, "first_count": pred.first_count,
-                        "num_points": int(len(pred.points)), "height": pred.input_size[0],
-                        "width": pred.input_size[1], "regions": pred.regions})
-        if nwpu:
-            if name.isdigit():
-                nwpu_counts[int(name)], nwpu_points[int(name)] = pred.count, pred.points
-            else:
-                errors.append({"image": source, "error": f"{name!r} is not a numeric NWPU image id; left out of nwpu files"})
-                say(f"autoscale: warning: {source}: not a numeric NWPU image id, left out of the NWPU files")
-
-    for kind, path in items:
-        if kind == "video":
-            n_before = len(records)
-            try:
-                for idx, frame in _video_frames(path, every_n_frames, fps):
-                    process(frame, unique(f"{path.stem}_f{idx:06d}"), f"{path}#frame={idx}")
-            except DataError as exc:
-                if len(items) == 1 or exc.path != str(path):
-                    raise
-                skipped(path, exc.problem, str(exc))
-                continue
-            if len(records) == n_before:
-                skipped(path, "no frames could be decoded", "no frames could be decoded")
-            continue
-        try:
-            rgb = read_image(path, exif=True)
-        except DataError as exc:
-            if len(items) == 1:
-                raise
-            skipped(path, exc.problem, str(exc))
-            continue
-        process(rgb, unique(path.stem), str(path))
-
-    if not records:
-        if len(failures) == 1:
-            raise DataError(*failures[0])
-        source = Path(inputs) if isinstance(inputs, (str, PathLike)) else failures[0][0]
-        first, problem = failures[0]
-        raise DataError(source, f"none of the {len(failures)} inputs could be read (first: {first.name}: {problem}); "
-                                f"nothing predicted, {out_path} left as it was")
-    if nwpu:
-        from autoscale.metrics.nwpu import write_counts, write_loc_pred
-
-        for fname, writer, data in (("nwpu_counts.txt", write_counts, nwpu_counts),
-                                    ("nwpu_loc.txt", write_loc_pred, nwpu_points)):
-            tmp = out / f".{fname}.tmp{os.getpid()}"
-            writer(tmp, dict(sorted(data.items())))
-            os.replace(tmp, out / fname)
-    summary = {
-        "variant": predictor.variant,
-        "single_pass": predictor.single_pass,
-        "max_side": predictor.max_side,
-        "pipeline": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(predictor.config).items()},
-        "checkpoint": predictor.info,
-        "num_images": len(records),
-        "total_count": float(sum(r["count"] for r in records)),
-        "images": records,
-        "errors": errors,
-    }
-    _atomic_write(out / "counts.json", (json.dumps(summary, indent=1) + "\n").encode())
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image", "count"])
-    w.writerows([r["image"], f"{r['count']:.6f}"] for r in records)
-    _atomic_write(out / "counts.csv", buf.getvalue().encode())
-    return summary

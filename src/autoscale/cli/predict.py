@@ -2,7 +2,9 @@
 
 Writes ``DIR/counts.csv``, ``DIR/counts.json``, ``DIR/maps/<name>.npy``, ``DIR/points/<name>.csv``,
 ``DIR/overlays/<name>.png`` and, with ``--nwpu``, the NWPU submission files (layout and coordinate
-conventions: :mod:`autoscale.predict`). Exit code 0 when every input was counted, 1 when some
+conventions: :mod:`autoscale.predict`, :mod:`autoscale.runner`). ``--resume`` continues a run that was
+killed or crashed into the same ``--out``: images already counted (``DIR/progress.jsonl``) are
+skipped. Exit code 0 when every input was counted, 1 when some
 inputs of a folder could not be read (they are listed on stderr and in counts.json "errors"),
 2 for bad input (missing INPUT, corrupt checkpoint, unwritable output directory).
 """
@@ -63,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlays")
     p.add_argument("--points", choices=("auto", "peaks", "none"), default="auto",
                    help="points: 'auto' (localization minima), 'peaks' (also density peaks for regression), 'none'")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into the same --out: skip the images it already counted "
+                        "(listed in OUT/progress.jsonl); refused when that run used another checkpoint or options")
     p.set_defaults(func=run)
 
 
@@ -70,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autoscale.errors import DataError
-    from autoscale.predict import Predictor, predict_paths
+    from autoscale.predict import Predictor
+    from autoscale.runner import predict_paths
 
     if not Path(args.input).exists():
         raise DataError(args.input, "input not found")
@@ -78,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                                           single_pass=args.single_pass, bf16=args.bf16, max_side=args.max_side,
                                           points=args.points)
     summary = predict_paths(predictor, args.input, args.out, every_n_frames=args.every, fps=args.fps,
-                            nwpu=args.nwpu, overlays=not args.no_overlays)
+                            nwpu=args.nwpu, overlays=not args.no_overlays, resume=args.resume)
     n, errs = summary["num_images"], len(summary["errors"])
     print(f"{n} image(s), total count {summary['total_count']:.2f} -> {args.out}/counts.csv"
           + (f"; {errs} problem(s) reported in counts.json" if errs else ""), file=sys.stderr)
