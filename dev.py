@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
         return 2
     job, rest = argv[0], argv[1:]
     if job == "test":
-        py = setup("dev,viz,onnx,pretrained")
+        py = setup("dev,viz,onnx,pretrained,serve")
         return subprocess.run([str(py), "-m", "pytest", "-q", *rest], cwd=ROOT).returncode
     py = setup("viz,pretrained")
     if job == "setup":

@@ -51,6 +51,7 @@ COMMANDS: list[Command] = [
     Command("evaluate", None, "autoscale.cli.evaluate",
             "evaluate a checkpoint on a dataset split (MAE/RMSE/NAE, P/R/F1, dense regions)"),
     Command("export", None, "autoscale.cli.export", "export the counting network (single pass) to ONNX"),
+    Command("serve", None, "autoscale.cli.serve", "serve a web page and an HTTP API that count people (extra [serve])"),
     Command("demo", None, "autoscale.cli.demo",
             "train and compare FPN and AutoScale on built-in synthetic crowds (CPU, minutes)"),
 ]
