@@ -7,8 +7,12 @@ Examples::
         model.imagenet=/weights/vgg16.pth --out runs/shb
     autoscale train --config my.yaml optim.epochs=50 --resume          # continue runs/.../last.pt
     torchrun --nproc_per_node 4 -m autoscale train --config ...          # multi-GPU (DDP)
+    torchrun --nproc_per_node 4 --max-restarts 3 -m autoscale train --config ... --resume auto
 
 Ctrl-C (SIGINT) or SIGTERM saves ``last.pt`` and exits with code 130; ``--resume`` continues exactly.
+Under ``torchrun --max-restarts N``, when a rank dies the restarted worker group continues the
+run's own ``last.pt`` (the last finished epoch) by itself; ``--resume auto`` also lets a new
+launch (or a multi-node restart that moved rank 0) continue ``last.pt`` when it exists.
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. data.root=/data optim.lr=1e-5 data.crop=[256,256]")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
-                   help="continue from OUT/last.pt, or from the checkpoint PATH")
+                   help="continue from OUT/last.pt, or from the checkpoint PATH; '--resume auto' continues "
+                        "OUT/last.pt when it exists and starts a new run when not (a checkpoint named 'auto': "
+                        "write ./auto)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="override the config's device")
     p.add_argument("--out", metavar="DIR", help="override the config's output folder")
     p.add_argument("--skip-unannotated", action="store_true",

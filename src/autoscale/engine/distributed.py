@@ -21,20 +21,34 @@ How the trainer uses it:
 * rank 0 alone writes checkpoints, history and TensorBoard logs; validation is sharded and the
   per-image counts are gathered (:func:`gather_objects`); the paper-mode centre accumulators are
   summed over ranks before each Eq. 4 update.
+
+Faults: under ``torchrun --max-restarts N`` a rank that dies (killed, out of memory) makes the
+elastic agent stop the other ranks and start the whole worker group again with the same command
+line and ``TORCHELASTIC_RESTART_COUNT`` (:func:`restart_count`) raised by one. The trainer then
+continues the run's own ``last.pt`` by itself: ``run.json`` records the torchrun job that wrote
+the folder (:func:`elastic_job`), so a restart never adopts a folder another run left.
+torchrun's agent keeps one TCP store for all attempts (``TORCHELASTIC_USE_AGENT_STORE``), and the
+keys a process group leaves there (gloo's peer addresses) would be read by the next attempt's
+ranks, which then fail to connect (pytorch/pytorch#135712); on one node the ranks therefore join
+under a per-attempt prefix (:func:`_attempt_store`). Across nodes the agents' restart counts can
+differ, so there launch torchrun with ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a fresh store per
+attempt) to use ``--max-restarts``.
 """
 from __future__ import annotations
 
 import gc
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_grads", "all_reduce_sum", "gather_objects",
-           "any_flag", "barrier"]
+           "any_flag", "barrier", "broadcast_object", "restart_count", "elastic_job"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +79,23 @@ def init_distributed(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **_attempt_store(rank, world))
     return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def _attempt_store(rank: int, world: int) -> dict[str, Any]:
+    """``init_process_group`` arguments that join through torchrun's agent store under the prefix
+    ``autoscale/attempt_<TORCHELASTIC_RESTART_COUNT>/`` when all ranks run on this node (one
+    agent, so one restart count); else ``{}`` (the ``env://`` default). Without the prefix a
+    restarted worker group can read the previous attempt's gloo addresses and fail to connect."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or os.environ.get("LOCAL_WORLD_SIZE") != str(world):
+        return {}
+    from torch.distributed.constants import default_pg_timeout
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=default_pg_timeout)
+    return {"store": dist.PrefixStore(f"autoscale/attempt_{restart_count()}/", store), "rank": rank,
+            "world_size": world}
 
 
 def cleanup() -> None:
@@ -123,3 +152,38 @@ def any_flag(flag: bool, device: torch.device, info: DistInfo) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` (picklable) on every rank (``obj`` itself in a single process)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def restart_count() -> int:
+    """How many times torchrun's elastic agent has restarted this worker group
+    (``TORCHELASTIC_RESTART_COUNT``; 0 on the first attempt and outside torchrun)."""
+    try:
+        return max(0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+    except ValueError:
+        return 0
+
+
+def elastic_job() -> str | None:
+    """An id of the torchrun invocation this process runs under: the same in every restarted
+    worker group, different for any other invocation (even one with the same ``--rdzv-id``):
+    ``TORCHELASTIC_RUN_ID``, the host, and the pid and start time of the elastic agent (this
+    process's parent, which survives the restarts). None when not launched by torchrun."""
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    agent = os.getppid()
+    start = ""
+    try:  # the agent's start time (field 22 of /proc/PID/stat) guards against a reused pid
+        stat = Path(f"/proc/{agent}/stat").read_text(encoding="ascii", errors="replace")
+        start = stat[stat.rindex(")") + 2:].split()[19]
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{socket.gethostname()}/{agent}/{start}"

@@ -34,7 +34,10 @@ benchmarks compare AutoScale with its FPN at equal budgets.
 Resuming (``train(cfg, resume=True)`` or a checkpoint path) restores weights, optimiser, centre,
 RNG states, epoch and position inside the epoch; with data order from
 ``DistributedSampler(seed).set_epoch(epoch)`` and augmentation drawn from ``(seed, epoch, index)``
-the continued run computes the same losses as an uninterrupted one.
+the continued run computes the same losses as an uninterrupted one. ``resume="auto"`` continues
+``<out>/last.pt`` when it exists, else starts. Under ``torchrun --max-restarts N`` a worker group
+that the elastic agent restarted after a rank died continues its own ``last.pt`` by itself (the
+job recorded in ``run.json`` must be this torchrun's; :func:`_resolve_resume`).
 
 Faults (docs/reliability.md): a step whose loss (any image's, on any rank) or gradient is NaN/Inf
 is never applied. ``optim.nonfinite="stop"`` (default) raises one :class:`AutoScaleError` line
@@ -249,8 +252,30 @@ def _prepare_out(out: Path, resume: bool, cfg: TrainConfig) -> None:
         probe.unlink()
     except OSError as exc:
         raise AutoScaleError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
-    _write_text_atomic(out / RUN_MARKER, json.dumps({"autoscale_train": True, "config": config_to_dict(cfg),
-                                                     "code_version": code_version()}, indent=1) + "\n", "run marker")
+    marker: dict[str, Any] = {"autoscale_train": True, "config": config_to_dict(cfg), "code_version": code_version()}
+    if D.elastic_job() is not None:
+        marker["torchrun_job"] = D.elastic_job()  # lets a restarted worker group find its own run
+    _write_text_atomic(out / RUN_MARKER, json.dumps(marker, indent=1) + "\n", "run marker")
+
+
+def _resolve_resume(resume: Any, out: Path, info: D.DistInfo) -> Any:
+    """What ``resume`` means for this attempt: after a torchrun restart of the worker group
+    (:func:`D.restart_count` > 0), True when ``out/last.pt`` exists and ``run.json`` names this
+    torchrun job (:func:`D.elastic_job`), whatever ``resume`` says; else ``"auto"`` -> True when
+    ``out/last.pt`` exists, None when not; anything else unchanged. Rank 0 decides for all ranks."""
+    if resume != "auto" and D.restart_count() == 0:
+        return resume
+    if info.is_main:
+        last = out / "last.pt"
+        own = False
+        if D.restart_count() > 0 and last.is_file():
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                own = json.loads((out / RUN_MARKER).read_text()).get("torchrun_job") == D.elastic_job()
+        if own:
+            resume = True
+        elif resume == "auto":
+            resume = True if last.is_file() else None
+    return D.broadcast_object(resume, info)
 
 
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
@@ -377,8 +402,9 @@ def validate(model: AutoScale, dataset: Any, cfg: TrainConfig, device: torch.dev
 # ------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, resume: bool | str | os.PathLike[str] | None = None, *,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train as configured; see the module docstring. ``resume``: True = ``<out>/last.pt``, or a
-    checkpoint path. ``on_epoch``: called (main process) with each epoch's history row.
+    """Train as configured; see the module docstring. ``resume``: True = ``<out>/last.pt``, a
+    checkpoint path, or ``"auto"`` (``<out>/last.pt`` when it exists, else a new run).
+    ``on_epoch``: called (main process) with each epoch's history row.
     Returns :class:`TrainResult` (``interrupted`` after SIGINT/SIGTERM)."""
     device = resolve_device(cfg.device)
     info = D.init_distributed(device)
@@ -419,6 +445,7 @@ def _load_init_from(cfg: TrainConfig) -> dict[str, Any]:
 def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo, out: Path,
            on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     ckpt_path: Path | None = None
+    resume = _resolve_resume(resume, out, info)
     if resume:
         ckpt_path = out / "last.pt" if resume is True else Path(resume)
         if not ckpt_path.is_file():
@@ -503,8 +530,9 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
         cpu_base = float(ck.get("cpu_seconds", 0.0))
         set_rng_state(ck["rng"])
         if info.is_main:
-            print(f"autoscale train: resumed {ckpt_path} at epoch {epoch}, batch {batch_in_epoch}, step {step}",
-                  file=sys.stderr)
+            restarted = f" after torchrun restart {D.restart_count()}" if D.restart_count() else ""
+            print(f"autoscale train: resumed {ckpt_path} at epoch {epoch}, batch {batch_in_epoch}, step {step}"
+                  f"{restarted}", file=sys.stderr)
 
     train_model = model
     if info.enabled:
