@@ -242,20 +242,23 @@ def run_training(name: str, cfg: TrainConfig, verbose: bool = True) -> Run:
 
 
 def train_fpn(name: str, variant: str, data: Data, b: DemoBudget, seed: int, pipe: PipelineConfig, work: Path,
-              verbose: bool = True) -> Run:
-    """An FPN run (``pipe``: variant, sigma, loss) for ``epochs`` epochs, keeping ``branch_epoch``."""
-    cfg = train_config(variant, "fpn", b, seed, data.root, work / name, pipe=pipe)
+              verbose: bool = True, overrides: Mapping[str, Any] | None = None) -> Run:
+    """An FPN run (``pipe``: variant, sigma, loss) for ``epochs`` epochs, keeping ``branch_epoch``
+    (``overrides``: other config keys, e.g. ``{"model.counter": "csrnet"}`` for another counter)."""
+    cfg = train_config(variant, "fpn", b, seed, data.root, work / name, pipe=pipe, overrides=overrides)
     return run_training(name, cfg, verbose)
 
 
 def branch(name: str, trunk: Run, data: Data, b: DemoBudget, seed: int, pipe: PipelineConfig, work: Path,
-           verbose: bool = True) -> Run:
+           verbose: bool = True, overrides: Mapping[str, Any] | None = None) -> Run:
     """An AutoScale run branched off ``trunk`` at ``branch_epoch`` and trained with the joint loss
     to ``epochs``. ``pipe.fixed_scale`` set: no L2S, no centre loss. The centre loss's density
-    measure is ``pipe.closeness`` (Eq. 1 distance or Table 10 people number)."""
+    measure is ``pipe.closeness`` (Eq. 1 distance or Table 10 people number). ``overrides`` as
+    for :func:`train_fpn` (the trunk's model keys: ``init_from`` needs the same model)."""
     if trunk.kept is None:
         raise ValueError(f"{trunk.name}: no checkpoint kept at the branch epoch")
-    cfg = train_config(pipe.variant, "autoscale", b, seed, data.root, work / name, pipe=pipe, init_from=trunk.kept)
+    cfg = train_config(pipe.variant, "autoscale", b, seed, data.root, work / name, pipe=pipe, init_from=trunk.kept,
+                       overrides=overrides)
     return run_training(name, cfg, verbose)
 
 

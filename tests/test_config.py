@@ -22,7 +22,15 @@ def test_preset_set_covers_the_paper_grid():
     assert not any(n.startswith("trancos_autoscale") for n in names)
 
 
-@pytest.mark.parametrize("name", [n for n in list_presets() if not n.endswith("_lite0")])
+#: the Table 9 counters' presets: shanghaitech_{a,b}_<counter>[_autoscale]_regression
+TABLE9 = ("mcnn", "csrnet", "can", "sfcn", "bl")
+
+
+def _counter_preset(name: str) -> bool:
+    return any(name.startswith(f"shanghaitech_{p}_{c}_") for p in "ab" for c in TABLE9)
+
+
+@pytest.mark.parametrize("name", [n for n in list_presets() if not n.endswith("_lite0") and not _counter_preset(n)])
 def test_every_preset_loads_and_follows_the_paper(name):
     cfg = load_config(name, ["data.root=/somewhere"])
     assert isinstance(cfg, TrainConfig) and cfg.data.root == "/somewhere"
@@ -58,6 +66,27 @@ def test_cpu_presets_pair_up_for_branching(part, variant):
     assert fpn.model == auto.model and fpn.data == auto.data and fpn.optim == auto.optim
     assert len(fpn.keep_epochs) == 1 and 1 <= fpn.keep_epochs[0] < fpn.optim.epochs
     assert auto.pipeline.gate == (0.1 if variant == "regression" else 0.02)
+
+
+@pytest.mark.parametrize("part", ["a", "b"])
+@pytest.mark.parametrize("counter", TABLE9)
+def test_table9_counter_presets_pair_up(part, counter):
+    """Each Table 9 counter on ShanghaiTech A/B alone (method fpn) and with L2S (method autoscale):
+    the same model, data and optimiser (so the L2S run can branch off the other); the paper's
+    backbone (BL: VGG19, the others VGG16, MCNN none); BL trains with the Bayesian loss; the L2S
+    settings of AutoScale Table 1; the density sigma of AutoScale Sec. 4.2."""
+    alone = load_config(f"shanghaitech_{part}_{counter}_regression", ["data.root=/d"])
+    with_l2s = load_config(f"shanghaitech_{part}_{counter}_autoscale_regression", ["data.root=/d"])
+    assert (alone.method, with_l2s.method) == ("fpn", "autoscale")
+    assert alone.model == with_l2s.model and alone.data == with_l2s.data and alone.optim == with_l2s.optim
+    assert alone.pipeline == with_l2s.pipeline
+    for cfg in (alone, with_l2s):
+        assert (cfg.model.counter, cfg.model.variant, cfg.model.width) == (counter, "regression", 1.0)
+        assert cfg.model.backbone == ("vgg19" if counter == "bl" else "vgg16")
+        assert cfg.pipeline.density_loss == ("bayesian" if counter == "bl" else "mse")
+        assert cfg.pipeline.gate == 0.1 and cfg.pipeline.center_weight == 1.0 and cfg.optim.center_lr == 1e-3
+        assert cfg.optim.center_mode == "paper" and cfg.optim.center_every is None and cfg.optim.batch_size == 1
+        assert cfg.data.sigma == {"a": 4.0, "b": 8.0}[part] and cfg.data.format == "shanghaitech"
 
 
 def test_preset_root_placeholder_is_refused_with_instructions():

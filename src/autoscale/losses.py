@@ -5,7 +5,9 @@
 * localization: :func:`dynamic_cross_entropy` (DCE, Eq. 7, the paper's loss) and the Table 12
   ablation losses :func:`cross_entropy`, :func:`focal_loss`, :func:`ordinal_regression_loss`,
   with :func:`decode_classes` turning logits into a class map for each;
-* L2S: :class:`CenterLoss` (Eq. 2-4) and :func:`centre_loss_grad` (Eq. 3).
+* L2S: :class:`CenterLoss` (Eq. 2-4) and :func:`centre_loss_grad` (Eq. 3);
+* point supervision: :func:`bayesian_loss` (Ma et al. ICCV 2019, the BL counter of Table 9) with
+  its posterior :func:`bayesian_posterior`.
 
 Shapes: logits ``(B, K, H, W)``, class targets ``(B, H, W)`` long in ``0..K-1``, density maps
 ``(B, 1, H, W)`` (any matching shapes work for the MSE losses). ``reduction="sum"`` sums over
@@ -14,6 +16,8 @@ pixels (and the batch); ``"mean"`` divides that sum by the number of (non-ignore
 from __future__ import annotations
 
 from typing import Callable, Literal, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,9 @@ __all__ = [
     "get_class_loss",
     "CenterLoss",
     "centre_loss_grad",
+    "bayesian_posterior",
+    "bayesian_loss",
+    "sum_cells",
 ]
 
 Reduction = Literal["sum", "mean"]
@@ -304,3 +311,99 @@ class CenterLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, exponent={self.exponent}, alpha={self.alpha}"
+
+
+# ------------------------------------------------------------------------------ Bayesian loss
+def sum_cells(density: Tensor, stride: int) -> Tensor:
+    """Sum a ``(..., H, W)`` map over ``stride x stride`` cells from the top-left corner (the map is
+    zero-padded at the bottom / right to whole cells): ``(..., ceil(H/s), ceil(W/s))``."""
+    if stride == 1:
+        return density
+    H, W = density.shape[-2:]
+    ph, pw = (-H) % stride, (-W) % stride
+    if ph or pw:
+        density = F.pad(density, (0, pw, 0, ph))
+    *lead, h, w = density.shape
+    return density.reshape(*lead, h // stride, stride, w // stride, stride).sum(dim=(-3, -1))
+
+
+def bayesian_posterior(
+    points: Tensor,
+    shape: tuple[int, int],
+    stride: int = 1,
+    *,
+    sigma: float = 8.0,
+    background: bool = True,
+    d: float | None = None,
+) -> Tensor:
+    """Posterior ``p(y_n | x_m)`` of each annotated head ``n`` (and the background) for each cell
+    ``m`` of an ``(h, w)`` grid of ``stride``-px cells (BL paper Eq. 8-9; BL+ with background, §4.2).
+
+    Cell ``(i, j)`` covers input pixels ``[j s, (j+1) s) x [i s, (i+1) s)``; its centre
+    ``x_m = ((j + 0.5) s, (i + 0.5) s)`` (the authors' ``arange(0, size, s) + s / 2``). ``points``:
+    ``(N, 2)`` heads ``(x, y)`` in input pixels. The likelihood of a cell for head ``n`` is
+    ``N(x_m; z_n, sigma^2 I)`` with equal priors, so the posterior is the softmax over the heads of
+    ``-|x_m - z_n|^2 / (2 sigma^2)``. Background (``background=True``): a dummy head whose squared
+    distance to cell ``m`` is ``(d - min_n |x_m - z_n|)^2``, ``d`` = ``background_ratio x`` the
+    image's shorter side (default ``d`` = the grid's shorter side in pixels). Returns ``(N[+1], h*w)``:
+    one row per head (the background last), one column per cell (row-major), each column sums to 1."""
+    h, w = int(shape[0]), int(shape[1])
+    pts = points.to(torch.float32).reshape(-1, 2)
+    cx = (torch.arange(w, dtype=torch.float32, device=pts.device) + 0.5) * stride
+    cy = (torch.arange(h, dtype=torch.float32, device=pts.device) + 0.5) * stride
+    dx = (pts[:, :1] - cx[None]) ** 2  # (N, w)
+    dy = (pts[:, 1:] - cy[None]) ** 2  # (N, h)
+    dist = (dy[:, :, None] + dx[:, None, :]).reshape(len(pts), h * w)
+    if background:
+        if d is None:
+            d = float(min(h, w) * stride)
+        nearest = dist.min(dim=0, keepdim=True).values.clamp(min=0.0)
+        dist = torch.cat([dist, (float(d) - nearest.sqrt()) ** 2], 0)
+    return torch.softmax(-dist / (2.0 * float(sigma) ** 2), dim=0)
+
+
+def bayesian_loss(
+    density: Tensor,
+    points: Tensor | np.ndarray,
+    *,
+    stride: int = 1,
+    sigma: float = 8.0,
+    background: bool = True,
+    background_ratio: float = 1.0,
+    st_size: float | None = None,
+    reduction: Reduction = "sum",
+) -> Tensor:
+    """Bayesian loss for one image (Ma et al., "Bayesian Loss for Crowd Count Estimation with Point
+    Supervision", ICCV 2019, Eq. 10; with ``background`` the BL+ loss of Eq. 13).
+
+    ``density``: ``(h, w)`` (or ``(1, 1, h, w)``) people per cell of a ``stride``-px grid (the BL
+    network's stride-8 map; :func:`sum_cells` of a full-resolution map). ``points``: ``(N, 2)``
+    heads ``(x, y)`` in input pixels. With the posterior ``P`` (:func:`bayesian_posterior`,
+    ``sigma``, ``d = background_ratio x st_size``, ``st_size`` default: the grid's shorter side in
+    pixels; the authors use the image's shorter side), the expected count of head ``n`` is
+    ``E[c_n] = sum_m P(n | m) D(m)`` and the loss is ``sum_n |1 - E[c_n]|`` plus ``|0 - E[c_bg]|``
+    for the background. An image without heads: ``|0 - sum_m D(m)|`` (the authors' code).
+    ``reduction="mean"`` divides by the number of terms (``N`` + 1 with background; 1 without heads).
+    Gradients flow to ``density`` only. The authors' defaults: ``sigma`` 8, ``background_ratio`` 1.
+    """
+    _check_reduction(reduction)
+    dens = density.reshape(density.shape[-2:]) if density.dim() > 2 else density
+    if dens.dim() != 2:
+        raise ValueError(f"bayesian_loss: density must be (h, w) or (1, 1, h, w), got {tuple(density.shape)}")
+    pts = torch.as_tensor(np.asarray(points, dtype=np.float64) if not isinstance(points, Tensor) else points,
+                          device=dens.device).reshape(-1, 2)
+    dens = dens.float()
+    if len(pts) == 0:
+        return dens.sum().abs()
+    h, w = dens.shape
+    d = None if st_size is None else float(background_ratio) * float(st_size)
+    if d is None and background:
+        d = float(background_ratio) * float(min(h, w) * stride)
+    prob = bayesian_posterior(pts, (h, w), stride, sigma=sigma, background=background, d=d)
+    expected = prob @ dens.reshape(-1)
+    target = torch.ones(len(pts), dtype=expected.dtype, device=expected.device)
+    if background:
+        target = torch.cat([target, target.new_zeros(1)])
+    per = (target - expected).abs()
+    return per.sum() if reduction == "sum" else per.mean()
+

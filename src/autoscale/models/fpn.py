@@ -66,7 +66,8 @@ BACKBONES: tuple[str, ...] = VGG_BACKBONES + LITE_BACKBONES
 
 
 class FPNOutput(NamedTuple):
-    """What an FPN returns; every map is ``(B, ., H, W)`` at the input's full resolution."""
+    """What an FPN returns - and every counter (the counter interface of
+    :mod:`autoscale.models.counter`); every map is ``(B, ., H, W)`` at the input's full resolution."""
 
     final: torch.Tensor
     """regression: density ``(B, 1, H, W)`` (people per pixel); localization: logits ``(B, K, H, W)``."""
@@ -74,6 +75,10 @@ class FPNOutput(NamedTuple):
     """deep-supervision outputs, shallow to deep (regression d2..d5, localization d1..d5)."""
     features: torch.Tensor | None
     """the multi-level L2S feature ``(B, feature_channels, H, W)`` (152 ch at width 1), or None."""
+    output_stride: int = 1
+    """the cell size ``s`` (input px) the maps were predicted at: 1 for the FPNs (per pixel); a
+    stride-``s`` counter's maps (:class:`autoscale.models.counter.DensityCounter`) are constant on
+    ``s x s`` cells from the top-left corner. The Bayesian loss sums the map over these cells."""
 
 
 def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -47,7 +47,8 @@ def init_weights(module: nn.Module, scheme: Literal["official", "kaiming"] = "of
 
 
 class ScaledCounter(nn.Module):
-    """Wraps an FPN so every output map is multiplied by ``factor`` (regression training)."""
+    """Wraps a counter (an FPN or any counter of :mod:`autoscale.models.counter`) so every output
+    map is multiplied by ``factor`` (regression training)."""
 
     def __init__(self, counter: nn.Module, factor: float):
         super().__init__()
@@ -62,13 +63,18 @@ class ScaledCounter(nn.Module):
     def forward(self, x: torch.Tensor, return_features: bool = False) -> FPNOutput:
         out = self.counter(x, return_features=return_features)
         f = self.factor
-        return FPNOutput(out.final * f, [s * f for s in out.side], out.features)
+        return FPNOutput(out.final * f, [s * f for s in out.side], out.features, out.output_stride)
 
 
 def fold_output_scale(fpn: nn.Module, factor: float) -> nn.Module:
-    """Multiply a regression FPN's outputs by ``factor`` in place: its ``dsn2..dsn5`` weights and
-    biases and the ``dsn6`` bias are scaled (each side output is linear in its 1x1 head and
-    ``dsn6`` is linear in the side outputs). Returns ``fpn``."""
+    """Multiply a regression counter's outputs by ``factor`` in place. A counter with a
+    ``scale_output_`` method (the counter interface, :mod:`autoscale.models.counter`) does it
+    itself; for the FPN its ``dsn2..dsn5`` weights and biases and the ``dsn6`` bias are scaled
+    (each side output is linear in its 1x1 head and ``dsn6`` is linear in the side outputs).
+    Returns ``fpn``."""
+    if hasattr(fpn, "scale_output_"):
+        fpn.scale_output_(factor)
+        return fpn
     with torch.no_grad():
         for name in ("dsn2", "dsn3", "dsn4", "dsn5"):
             conv = getattr(fpn, name)
@@ -79,7 +85,7 @@ def fold_output_scale(fpn: nn.Module, factor: float) -> nn.Module:
 
 
 def unwrap_counter(counter: nn.Module) -> tuple[nn.Module, float]:
-    """``(bare FPN, output factor)`` of a counter possibly wrapped by DDP and/or :class:`ScaledCounter`."""
+    """``(bare counter, output factor)`` of a counter possibly wrapped by DDP and/or :class:`ScaledCounter`."""
     counter = getattr(counter, "module", counter)
     if isinstance(counter, ScaledCounter):
         return getattr(counter.counter, "module", counter.counter), counter.factor

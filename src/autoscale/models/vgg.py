@@ -27,6 +27,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "VGG",
+    "VGGFeatures",
     "check_state_dict",
     "conv_indices",
     "key_problems",
@@ -114,6 +115,50 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
+
+
+class VGGFeatures(nn.Module):
+    """The first ``stages`` stages of a VGG's ``features`` (torchvision indices, so ImageNet weights
+    load key-for-key), ending before the pool that follows stage ``stages``: ``stages=4`` is
+    CSRNet's front end (VGG16 conv1_1..conv4_3, "the first ten layers", Li et al. CVPR 2018 §3.1;
+    3 pools, stride 8), ``stages=5`` is the Bayesian-loss network's VGG19 without its last pool
+    (Ma et al. ICCV 2019 §5; 4 pools, stride 16). Pools are 2x2 / stride 2, floor mode: an input
+    whose sides are multiples of :attr:`stride` gives ``(H / stride, W / stride)``.
+
+    Attributes: ``arch``, ``channels`` (of the output), ``stride`` (input px per output px).
+    """
+
+    def __init__(self, arch: str = "vgg16", width: float = 1.0, *, stages: int = 4):
+        super().__init__()
+        if stages not in (1, 2, 3, 4, 5):
+            raise ValueError(f"stages must be 1..5, got {stages}")
+        cfg = _check_arch(arch)
+        self.arch = arch
+        end = pool_indices(arch)[stages - 1]
+        self.features = nn.Sequential(*make_layers(cfg, width)[:end])
+        self.stride = 2 ** (stages - 1)
+        convs = [v for v in cfg[: [i for i, v in enumerate(cfg) if v == "M"][stages - 1]] if v != "M"]
+        self.channels = scaled(int(convs[-1]), width)
+        self.conv_indices = [i for i in conv_indices(arch) if i < end]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def load_imagenet(self, path: str | PathLike[str]) -> list[str]:
+        """Copy torchvision's ImageNet weights (a local file, checked strictly by
+        :func:`load_imagenet_vgg`) into every convolution here; returns the copied
+        ``features.N.*`` keys. A narrow model (``width != 1``) raises :class:`CheckpointError`."""
+        state = load_imagenet_vgg(path, self.arch)
+        own = self.state_dict()
+        keys = [f"features.{i}.{p}" for i in self.conv_indices for p in ("weight", "bias")]
+        bad = [f"{k} {tuple(own[k].shape)} vs ImageNet {tuple(state[k].shape)}" for k in keys if own[k].shape != state[k].shape]
+        if bad:
+            raise CheckpointError(f"{path}: ImageNet weights do not fit this model (width must be 1): "
+                                  f"{len(bad)} mis-shaped keys, e.g. {bad[0]}")
+        with torch.no_grad():
+            for k in keys:
+                own[k].copy_(state[k])
+        return keys
 
 
 def vgg16(*, width: float = 1.0, num_classes: int = 1000) -> VGG:
