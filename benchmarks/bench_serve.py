@@ -8,7 +8,7 @@ and, for 200 answers, the count. Levels (each bounded in requests *and* seconds;
 reported):
 
 * concurrency 1, 4 and 16: ``--requests`` requests each (default 500), at most ``--level-seconds``
-  (default 80) - 16 clients never exceed the queue of 16, so every answer should be 200;
+  (default 100) - 16 clients never exceed the queue of 16, so every answer should be 200;
 * overload: 32 clients (twice the queue) for ``--overload-requests`` (default 200) requests, at most
   ``--overload-seconds`` (default 30): the queue fills and the surplus must be answered 503 with a
   ``Retry-After`` header, at once - never left hanging, never 5xx of another kind.
@@ -16,8 +16,9 @@ reported):
 Reported per level: requests answered (by status), throughput (200 answers per second of wall
 time), latency percentiles p50 / p95 / p99 (ms, client side, 200 answers; 503 answers separately),
 whether every 200 answer for the same photo carried the same count. Per model: the server's peak
-resident memory (``VmHWM`` from ``/proc/<pid>/status``) after a warm-up of 10 requests ("before")
-and after all levels ("after"), and its resident set then (``VmRSS``): the load must not grow it.
+resident memory (``VmHWM`` from ``/proc/<pid>/status``) after a warm-up of 10 requests ("before"),
+after each level and after all levels ("after"), and its resident set (``VmRSS``) at the same
+moments: the load must not grow them (a leak would raise VmRSS level after level).
 
 Inputs: the first ``--photos`` (default 8) ShanghaiTech B test photos (``../shared/data``),
 downscaled to ``--size`` (default 256x192, JPEG quality 90, ~15 kB each) so that the whole run
@@ -27,8 +28,8 @@ Models: seeded random weights (Kaiming) built by the trainer's own ``build_model
 FPN at full width and VGG16 FPN at width ``--vgg-width`` (default 0.25: full width takes ~3 s per
 512x384 image on this machine, 500 requests would take 25 minutes per level), both regression
 with an L2S network (two-pass AutoScale). Random weights rarely pass the dense-region gate, so
-most answers are single-region-free; the second pass's cost is measured in
-``bench_inference.py``.
+most answers take the first pass only (the second pass's cost is measured in
+``bench_inference.py``).
 
 Run from the project root::
 
@@ -256,12 +257,14 @@ def bench_model(name: str, ckpt: Path, photos: list[tuple[str, bytes]], work: Pa
         for c in a.concurrency:
             lv = run_level(server.port, photos, concurrency=c, requests=a.requests, seconds=a.level_seconds)
             lv["kind"] = "load"
+            lv["memory_mib_after"] = server.memory()
             levels.append(lv)
             print(f"[bench_serve] {name}: c={c}: {lv['by_status']} in {lv['wall_s']} s, "
                   f"{lv['throughput_rps']} req/s, latency {lv['latency_ms']}", flush=True)
         ov = run_level(server.port, photos, concurrency=a.overload, requests=a.overload_requests,
                        seconds=a.overload_seconds)
         ov["kind"] = "overload"
+        ov["memory_mib_after"] = server.memory()
         levels.append(ov)
         print(f"[bench_serve] {name}: overload c={a.overload}: {ov['by_status']} in {ov['wall_s']} s", flush=True)
         after = server.memory()
@@ -291,12 +294,13 @@ def markdown(res: dict[str, Any]) -> str:
                          f"{lv['by_status'].get('503', 0)} | {lv['wall_s']} | {lv['throughput_rps']} | "
                          f"{lat.get('p50', '-')} | {lat.get('p95', '-')} | {lat.get('p99', '-')} | "
                          f"{'yes' if lv['consistent_counts'] else 'NO'} |")
-    lines += ["", "| model | VmHWM after warm-up MiB | VmHWM after load MiB | growth MiB | VmRSS after MiB |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "| model | VmHWM after warm-up MiB | VmHWM after each level MiB | growth MiB | "
+                  "VmRSS after warm-up / each level MiB |", "|---|---:|---|---:|---|"]
     for name, m in res["models"].items():
         mem = m["memory_mib"]
-        lines.append(f"| {name} | {mem['before']['VmHWM']} | {mem['after']['VmHWM']} | {mem['vmhwm_growth']} | "
-                     f"{mem['after']['VmRSS']} |")
+        per = [lv["memory_mib_after"] for lv in m["levels"]]
+        lines.append(f"| {name} | {mem['before']['VmHWM']} | {' / '.join(str(x['VmHWM']) for x in per)} | "
+                     f"{mem['vmhwm_growth']} | {mem['before']['VmRSS']} / {' / '.join(str(x['VmRSS']) for x in per)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--size", default="256x192", help="WxH the photos are downscaled to")
     ap.add_argument("--photos", type=int, default=8)
     ap.add_argument("--requests", type=int, default=500, help="requests per concurrency level")
-    ap.add_argument("--level-seconds", type=float, default=80.0, help="time cap of each level")
+    ap.add_argument("--level-seconds", type=float, default=100.0, help="time cap of each level")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--overload", type=int, default=32, help="clients of the overload level")
     ap.add_argument("--overload-requests", type=int, default=200)

@@ -164,8 +164,8 @@ def count_upload(predictor: Any, path: Path, overlay: str | None) -> CountResult
 
 def render_overlay(rgb: np.ndarray, pred: Any, variant: str, *, max_side: int | None = None) -> np.ndarray:
     """The overlay of one prediction (:func:`autoscale.viz.draw_overlay`): the density heat map for
-    regression, the head points for localization, each refined region's box labelled with its zoom
-    factor (``x1.75``). With ``max_side`` the picture is drawn on the image downscaled so its longer
+    regression, the head points (ringed in black for contrast) for localization, each refined region's
+    box labelled with its zoom factor (``x1.75``). With ``max_side`` the picture is drawn on the image downscaled so its longer
     side is at most that (geometry scaled alike)."""
     from autoscale.viz import REGION_COLOR, draw_overlay
 
@@ -180,6 +180,9 @@ def render_overlay(rgb: np.ndarray, pred: Any, variant: str, *, max_side: int | 
     heat = pred.map if variant == "regression" else None
     out = draw_overlay(img, heat, variant=variant, regions=regions, points=points, knn=False)
     h, w = out.shape[:2]
+    rad = max(1, round(min(h, w) / 300)) + 1  # draw_overlay's dot radius: ring each dot for contrast
+    for x, y in points:
+        cv2.circle(out, (int(x), int(y)), rad + 1, (20, 20, 20), 1, cv2.LINE_AA)
     font_scale = max(0.4, min(h, w) / 700)
     thick = max(1, round(font_scale * 2))
     for r, box in zip(pred.regions, regions):

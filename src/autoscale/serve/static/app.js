@@ -75,8 +75,9 @@
       }
       if (!r.ok) throw new Error(body.detail || r.statusText);
       variant = body.variant;
-      const what = body.variant === "localization" ? "heads are shown as points" : "the density is shown as a heat map";
-      $("#model").textContent = `Model ${body.checkpoint}: ${body.method || "?"} ${body.variant}, backbone ${body.backbone || "?"} (${what}; the refined dense region is boxed with its zoom factor).`;
+      let what = body.variant === "localization" ? "heads are shown as points" : "the density is shown as a heat map";
+      if (body.method !== "fpn") what += "; a refined dense region is boxed with its zoom factor";
+      $("#model").textContent = `Model ${body.checkpoint}: ${body.method || "?"} ${body.variant}, backbone ${body.backbone || "?"} (${what}).`;
       return true;
     } catch (err) {
       $("#model").textContent = "Cannot reach the server: " + err.message;
