@@ -8,10 +8,12 @@ timeline is recorded (start-up, each epoch's end of training from the tqdm bar o
 restarted each time with ``autoscale train --config ... --resume`` (without ``--resume`` while no
 ``last.pt`` exists yet), until it completes:
 
-* ``uniform``: moments drawn uniformly over the reference run's duration (seeded), mapped onto the
-  attempt: an attempt that continues epoch ``e`` is killed ``startup + (t - end of epoch e)`` after
-  its start (right after start-up when ``t`` already passed);
-* ``write``: the moment a checkpoint's temporary file appears (polled every millisecond);
+* ``uniform``: moments ``t`` drawn uniformly (seeded) over the reference run up to its last
+  ``last.pt``, in order, mapped onto the attempt: an attempt that continues after epoch ``e`` is
+  killed ``startup + (t - end of epoch e)`` after its start; a moment the run already passed (an
+  earlier attempt got further) is redrawn uniformly within the epoch the attempt continues;
+* ``write``: the moment a checkpoint's temporary file appears (polled every half millisecond),
+  alternately the epoch's first checkpoint and ``last.pt``;
 * ``validation``: a fraction of the reference validation time after an epoch's training loop ended;
 * ``startup``: during the start-up of a resumed attempt (imports, data, loading ``last.pt``).
 
@@ -24,7 +26,9 @@ moment is classified from what the process had shown (tqdm bar, files): ``startu
 RNG states, position, history (all but wall / CPU times) bit for bit.
 
 The trainer writes checkpoints at epoch ends only (no step-checkpoint option), so a kill loses at
-most the epoch in progress.
+most the epoch in progress. Once ``last.pt`` holds the final epoch no more kills are made (a kill
+could only hit a run with nothing left to do); the last attempt then runs to its end. The smoke
+plan (no uniform or start-up kills) runs its references in this process.
 
 Predict: ``autoscale predict`` on a folder of real photos (ShanghaiTech B test + A train from
 ``../shared/data``; synthetic crowds when absent) with the reference run's ``last.pt``: an
@@ -372,7 +376,8 @@ def soak_training(work: Path, plan: Plan, seed: int, say: Callable[[str], None])
     timeline = reference_training(cfg_ref, ref_out, say, timeline=bool(plan.uniform or plan.startup))
     t_ref = time.monotonic() - t_start
     ends = timeline["epoch_end"]
-    positions = sorted(rng.uniform(0, 0.95 * timeline["total"]) for _ in range(plan.uniform))
+    horizon = max(ends.values()) if ends else 0.95 * timeline["total"]  # the last last.pt: the run is done
+    positions = sorted(rng.uniform(0, horizon) for _ in range(plan.uniform))
     kinds = ["uniform"] * plan.uniform + ["write"] * plan.write + ["validation"] * plan.validation
     kinds += ["startup"] * plan.startup
     rng.shuffle(kinds)
@@ -385,10 +390,14 @@ def soak_training(work: Path, plan: Plan, seed: int, say: Callable[[str], None])
     attempts = 0
     completed_early = False
     t_soak = time.monotonic()
+    n_write = 0
     for kind in kinds:
         last = out / "last.pt"
         resume = last.is_file()
         epoch0 = checkpoint_epoch(last)
+        if epoch0 >= plan.epochs:  # finished on disk: a kill now could only hit a run with nothing left
+            say(f"the run finished after {len(log)} kills; {len(kinds) - len(log)} planned kills left unused")
+            break
         without_ckpt += not resume
         tmp_before = tmp_files(out)
         child = Child(["train", "--config", str(cfg), *(["--resume"] if resume else [])])
@@ -396,13 +405,23 @@ def soak_training(work: Path, plan: Plan, seed: int, say: Callable[[str], None])
         planned: float | None = None
         if kind == "uniform":
             t = positions.pop(0)
-            planned = t if epoch0 == 0 else timeline["startup"] + max(0.0, t - at_or_below(ends, epoch0))
+            if epoch0 == 0:
+                planned = t
+            else:  # after start-up, where the reference was at t; a moment already passed: in this epoch
+                offset = t - at_or_below(ends, epoch0)
+                if offset < 0:
+                    offset = rng.uniform(0.0, ends.get(epoch0 + 1, timeline["total"]) - at_or_below(ends, epoch0))
+                planned = timeline["startup"] + offset
             hit = wait_for(child, lambda: child.elapsed() >= planned)
         elif kind == "startup":
             planned = rng.uniform(0.0, timeline["startup"])
             hit = wait_for(child, lambda: child.elapsed() >= planned)
         elif kind == "write":
-            hit = wait_for(child, lambda: any(".pt." in n for n in tmp_files(out) - tmp_before), poll=0.0005)
+            # alternately the epoch's first checkpoint write (best.pt when validation improved) and last.pt's
+            prefix = "." if n_write % 2 == 0 else ".last.pt."
+            n_write += 1
+            hit = wait_for(child, lambda: any(n.startswith(prefix) and ".pt." in n for n in tmp_files(out) - tmp_before),
+                           poll=0.0005)
         else:  # validation: a fraction of the reference validation time after a loop ended
             frac = rng.uniform(0.2, 0.6)
 
