@@ -5,8 +5,8 @@ Training: a small ``autoscale train`` run (synthetic crowds, width-1/16 VGG16 Au
 validation every epoch, ``keep_epochs``) is first run uninterrupted as the reference, while its
 timeline is recorded (start-up, each epoch's end of training from the tqdm bar on stderr, each
 ``last.pt``). The soak run of the same config is then killed (SIGKILL) at planned moments and
-restarted each time with ``autoscale train --config ... --resume`` (without ``--resume`` while no
-``last.pt`` exists yet), until it completes:
+run each time with the same command, ``autoscale train --config ... --resume auto`` (continues
+``last.pt``, or starts when a kill came before the first one), until it completes:
 
 * ``uniform``: moments ``t`` drawn uniformly (seeded) over the reference run up to its last
   ``last.pt``, in order, mapped onto the attempt: an attempt that continues after epoch ``e`` is
@@ -400,7 +400,7 @@ def soak_training(work: Path, plan: Plan, seed: int, say: Callable[[str], None])
             break
         without_ckpt += not resume
         tmp_before = tmp_files(out)
-        child = Child(["train", "--config", str(cfg), *(["--resume"] if resume else [])])
+        child = Child(["train", "--config", str(cfg), "--resume", "auto"])  # the same command every time
         attempts += 1
         planned: float | None = None
         if kind == "uniform":
@@ -455,7 +455,7 @@ def soak_training(work: Path, plan: Plan, seed: int, say: Callable[[str], None])
     if not completed_early:
         last = out / "last.pt"
         without_ckpt += not last.is_file()
-        child = Child(["train", "--config", str(cfg), *(["--resume"] if last.is_file() else [])])
+        child = Child(["train", "--config", str(cfg), "--resume", "auto"])
         attempts += 1
         rc = child.wait(600)
         if rc != 0:
