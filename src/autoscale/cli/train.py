@@ -17,6 +17,7 @@ launch (or a multi-node restart that moved rank 0) continue ``last.pt`` when it 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume)
     if result.interrupted:
         return 130
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for the job
+        return 0
     last = result.history[-1] if result.history else {}
     msg = f"autoscale train: done, {result.epoch} epochs, {result.step} steps"
     skipped = sum(int(r.get("skipped", 0)) for r in result.history if r.get("source") != "init_from")
