@@ -9,9 +9,11 @@ run each time with the same command, ``autoscale train --config ... --resume aut
 ``last.pt``, or starts when a kill came before the first one), until it completes:
 
 * ``uniform``: moments ``t`` drawn uniformly (seeded) over the reference run up to its last
-  ``last.pt``, in order, mapped onto the attempt: an attempt that continues after epoch ``e`` is
-  killed ``startup + (t - end of epoch e)`` after its start; a moment the run already passed (an
-  earlier attempt got further) is redrawn uniformly within the epoch the attempt continues;
+  ``last.pt``, in order, mapped onto the attempt: one in the reference's start-up is taken from
+  the start of a fresh attempt; otherwise an attempt that continues after epoch ``e`` is killed
+  ``t - end of epoch e`` after its own training started (its first tqdm bar: start-up times vary
+  with the machine's load), and a moment the run already passed (an earlier attempt got further)
+  is redrawn uniformly within the epoch the attempt continues;
 * ``write``: the moment a checkpoint's temporary file appears (polled every half millisecond),
   alternately the epoch's first checkpoint and ``last.pt``;
 * ``validation``: a fraction of the reference validation time after an epoch's training loop ended;
@@ -403,18 +405,27 @@ def soak_training(work: Path, plan: Plan, seed: int, say: Callable[[str], None])
         child = Child(["train", "--config", str(cfg), "--resume", "auto"])  # the same command every time
         attempts += 1
         planned: float | None = None
+        planned_from: str | None = None  # what planned_s counts from
         if kind == "uniform":
             t = positions.pop(0)
-            if epoch0 == 0:
-                planned = t
-            else:  # after start-up, where the reference was at t; a moment already passed: in this epoch
-                offset = t - at_or_below(ends, epoch0)
-                if offset < 0:
-                    offset = rng.uniform(0.0, ends.get(epoch0 + 1, timeline["total"]) - at_or_below(ends, epoch0))
-                planned = timeline["startup"] + offset
-            hit = wait_for(child, lambda: child.elapsed() >= planned)
+            if epoch0 == 0 and t < timeline["startup"]:  # in the start-up: from the process start
+                planned, planned_from = t, "process start"
+                hit = wait_for(child, lambda: child.elapsed() >= planned)
+            else:  # in training: from this attempt's first bar, where the reference was at t
+                base = at_or_below(ends, epoch0) if epoch0 else timeline["startup"]
+                offset = t - base
+                if offset < 0:  # a moment already passed: redrawn within the epoch this attempt runs
+                    offset = rng.uniform(0.0, ends.get(epoch0 + 1, timeline["total"]) - base)
+                planned, planned_from = offset, "training start"
+
+                def reached() -> bool:
+                    with child.lock:
+                        first = child.first_bar
+                    return first is not None and time.monotonic() - first >= offset
+
+                hit = wait_for(child, reached, poll=0.001)
         elif kind == "startup":
-            planned = rng.uniform(0.0, timeline["startup"])
+            planned, planned_from = rng.uniform(0.0, timeline["startup"]), "process start"
             hit = wait_for(child, lambda: child.elapsed() >= planned)
         elif kind == "write":
             # alternately the epoch's first checkpoint write (best.pt when validation improved) and last.pt's
@@ -446,8 +457,9 @@ def soak_training(work: Path, plan: Plan, seed: int, say: Callable[[str], None])
         unreadable_json += state["unreadable_json"]
         max_tmp = max(max_tmp, len(state["tmp_files"]))
         entry = {"attempt": attempts, "kind": kind, "resumed_from_epoch": epoch0 if resume else None,
-                 "planned_s": None if planned is None else round(planned, 3), "killed_at_s": round(at, 3),
-                 "phase": phase, "epoch_on_disk": checkpoint_epoch(last) if last.is_file() else 0,
+                 "planned_s": None if planned is None else round(planned, 3),
+                 "planned_from": planned_from,
+                 "killed_at_s": round(at, 3), "phase": phase, "epoch_on_disk": checkpoint_epoch(last) if last.is_file() else 0,
                  "checkpoints_checked": state["checkpoints"], "tmp_files_left": len(state["tmp_files"])}
         log.append(entry)
         say(f"kill {len(log):2d} ({kind:10s}) at {at:6.2f} s: {phase:22s} last.pt epoch {entry['epoch_on_disk']}, "
