@@ -281,7 +281,8 @@ def build_counter(
 ) -> nn.Module:
     """The one private builder of the Table 9 counters: ``cls(**kwargs)``, initialised with
     ``init`` (:func:`autoscale.models.init.init_weights`; ``official`` = N(0, 0.01) convolutions,
-    zero biases, BN 1 / 0, the initialisation of MCNN's, CSRNet's, CAN's and SFCN's code), then the
+    zero biases, BN 1 / 0, the initialisation of MCNN's, CSRNet's, CAN's and SFCN's code; then the
+    model's own ``after_init()`` when it has one), then the
     backbone's ImageNet convolutions from a local torchvision file (``imagenet``; counters with a
     ``backbone`` only), then ``weights`` (one of our checkpoints, strictly).
 
@@ -295,6 +296,8 @@ def build_counter(
                           f"it does not apply to this counter")
     model = cls(**kwargs)
     init_weights(model, init)  # type: ignore[arg-type]
+    if hasattr(model, "after_init"):  # layers whose initialisation does not follow the scheme (SFCN)
+        model.after_init()
     if imagenet is not None:
         backbone = getattr(model, "backbone", None)
         if backbone is None or not hasattr(backbone, "load_imagenet"):

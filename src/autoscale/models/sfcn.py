@@ -15,6 +15,12 @@ cells (:mod:`autoscale.models.counter`; counts unchanged). 16,337,345 parameters
 count in ``tests/test_counters.py``: CSRNet's 16,263,424 without its output layer + two
 64 x 64 x 9 + 64 slice convolutions + 65).
 
+The spatial encoder's slice convolutions always start from the authors' N(0, 0.01) (zero bias),
+whatever ``init`` says (:meth:`SFCN.after_init`): the message passing is a recurrence over H/8 rows
+and W/8 columns, and with Kaiming weights its gain per step exceeds 1 - from scratch on 144x192
+crowds the first-epoch loss reached 1.2e10 and one of three seeds never recovered (MAE 162 vs
+2.5-10 for the other counters; benchmarks/bench_table9.py, measured).
+
 The L2S feature is the spatial encoder's output (64 channels, stride 8). State-dict names:
 ``backbone.features.N``, ``backend.N``, ``convDU.conv.0``, ``convLR.conv.0``, ``output_layer``.
 """
@@ -79,6 +85,13 @@ class SFCN(DensityCounter):
         self.convLR = SliceConv(c, dim=3)
         self.feature_channels = c
         self.output_layer = nn.Conv2d(c, 1, 1)
+
+    @torch.no_grad()
+    def after_init(self) -> None:
+        """The slice convolutions' initialisation: N(0, 0.01), zero bias (module docstring)."""
+        for slice_conv in (self.convDU, self.convLR):
+            nn.init.normal_(slice_conv.conv[0].weight, std=0.01)
+            nn.init.zeros_(slice_conv.conv[0].bias)
 
     def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.convLR(self.convDU(self.backend(self.backbone(x))))
