@@ -31,7 +31,7 @@ from autoscale.errors import AutoScaleError
 from autoscale.io import atomic_path
 from autoscale.pipeline import PipelineConfig
 
-__all__ = ["FinalMap", "export_onnx", "check_onnx"]
+__all__ = ["FinalMap", "MapAndFeatures", "OrtCounter", "export_onnx", "check_onnx"]
 
 
 class FinalMap(nn.Module):
@@ -45,12 +45,87 @@ class FinalMap(nn.Module):
         return self.fpn(image).final
 
 
+class MapAndFeatures(nn.Module):
+    """Wrap a counter so ``forward(image) -> (final map, L2S feature)`` (the first pass of the
+    two-pass pipeline; ``features``: ``(1, C, H, W)``, what :func:`autoscale.models.l2s.roi_features` pools)."""
+
+    def __init__(self, fpn: nn.Module):
+        super().__init__()
+        self.fpn = fpn
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.fpn(image, return_features=True)
+        return out.final, out.features
+
+
 def _require(module: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
-        raise AutoScaleError(f"ONNX export needs the optional packages onnx and onnxruntime: pip install autoscale[onnx] "
-                             f"(missing: {module})") from None
+        raise AutoScaleError(f"ONNX export / the onnxruntime engine need the optional packages onnx and onnxruntime: "
+                             f"pip install autoscale[onnx] (missing: {module})") from None
+
+
+class OrtCounter(nn.Module):
+    """A counter (the interface :class:`autoscale.pipeline.AutoScale` calls) that runs in onnxruntime.
+
+    ``forward(image, return_features=False)`` takes the normalised float32 ``(1, 3, H, W)`` tensor
+    (any H, W: dynamic axes) and returns an :class:`autoscale.models.fpn.FPNOutput` with ``final``
+    (and ``features`` when asked; ``side`` empty) as float32 CPU tensors. The map-only graph serves
+    the zoomed second pass; the graph with the L2S feature serves the first pass.
+    """
+
+    def __init__(self, map_session: Any, features_session: Any | None = None):
+        super().__init__()
+        self._map = map_session
+        self._feat = features_session
+
+    @classmethod
+    def from_counter(cls, counter: nn.Module, *, features: bool = True, threads: int | None = None) -> "OrtCounter":
+        """Export ``counter`` (fp32, dynamic H, W, opset 17) to a temporary folder, load the graphs
+        into onnxruntime sessions (``threads``: intra-op threads, default torch's) and delete the files."""
+        import tempfile
+
+        ort = _require("onnxruntime")
+        _require("onnx")
+        module = counter.float().eval()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        sessions = []
+        with tempfile.TemporaryDirectory(prefix="autoscale-onnx-") as tmp:
+            wrappers = [("map", FinalMap(module), ["map"])]
+            if features:
+                wrappers.append(("features", MapAndFeatures(module), ["map", "features"]))
+            for name, wrapper, outputs in wrappers:
+                path = Path(tmp) / f"{name}.onnx"
+                _export(wrapper, path, outputs)
+                sessions.append(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]))
+        return cls(sessions[0], sessions[1] if features else None)
+
+    def forward(self, image: torch.Tensor, return_features: bool = False) -> Any:
+        from autoscale.models.fpn import FPNOutput
+
+        x = image.detach().float().contiguous().cpu().numpy()
+        if return_features:
+            if self._feat is None:
+                raise AutoScaleError("this onnxruntime counter was made without the L2S feature output")
+            final, feats = self._feat.run(None, {"image": x})
+            return FPNOutput(torch.from_numpy(final), [], torch.from_numpy(feats))
+        return FPNOutput(torch.from_numpy(self._map.run(None, {"image": x})[0]), [], None)
+
+
+def _export(module: nn.Module, path: Path, outputs: list[str], opset: int = 17, size: tuple[int, int] = (64, 96)) -> None:
+    """TorchScript-based ONNX export of ``module`` (input ``image``) with dynamic H, W axes."""
+    x = torch.zeros(1, 3, *size)
+    axes = {"image": {2: "height", 3: "width"}, **{o: {2: "height", 3: "width"} for o in outputs}}
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=opset, input_names=["image"],
+                              output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+    except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
+        raise AutoScaleError(f"ONNX export failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})") from None
 
 
 def _fpn_from(obj: Any) -> tuple[nn.Module, str, tuple[Any, Any]]:

@@ -153,6 +153,7 @@ def _run_header(predictor: Predictor, inputs: str | PathLike[str] | Sequence[str
             "points": predictor.points_mode, "bf16": predictor.bf16, "device": predictor.device.type,
             "normalization": None if norm is None else [list(map(float, v)) for v in norm],
             "pipeline": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(predictor.config).items()},
+            **({"engine": predictor.engine} if getattr(predictor, "engine", "torch") != "torch" else {}),
             **settings,
         },
     }

@@ -53,7 +53,13 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
                    help="require the checkpoint to be of this variant")
     p.add_argument("--single-pass", action="store_true", help="first pass only (FPN baseline, no L2S refinement)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1 ...")
-    p.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                   help="network precision: 'auto' (default: bf16 autocast + channels_last on CPUs with native "
+                        "bfloat16, AVX512-BF16 or AMX, for full-size networks; else fp32), 'bf16' or 'fp32'")
+    p.add_argument("--bf16", action="store_true", help="same as --precision bf16")
+    p.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
+                   help="run the counter (both passes) in torch (default) or in onnxruntime (fp32, exported once "
+                        "at start-up; needs pip install autoscale[onnx])")
     p.add_argument("--max-side", type=_max_side, default="auto",
                    help="downscale images whose longer side exceeds this (pixels); default 'auto': the cap "
                         "the model was trained at (e.g. 512 for the *_lite0 ShanghaiTech B presets), else 2048; "
@@ -80,9 +86,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.input).exists():
         raise DataError(args.input, "input not found")
+    from autoscale.errors import ConfigError
+
+    if args.bf16 and args.precision not in (None, "bf16"):
+        raise ConfigError(f"--bf16 contradicts --precision {args.precision}")
+    precision = "bf16" if args.bf16 else (args.precision or "auto")
     predictor = Predictor.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
-                                          single_pass=args.single_pass, bf16=args.bf16, max_side=args.max_side,
-                                          points=args.points)
+                                          single_pass=args.single_pass, precision=precision, max_side=args.max_side,
+                                          points=args.points, engine=args.engine)
     summary = predict_paths(predictor, args.input, args.out, every_n_frames=args.every, fps=args.fps,
                             nwpu=args.nwpu, overlays=not args.no_overlays, resume=args.resume)
     n, errs = summary["num_images"], len(summary["errors"])

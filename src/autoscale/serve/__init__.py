@@ -52,4 +52,4 @@ def app_from_checkpoint(checkpoint: str | PathLike[str], *, device: str = "cpu",
 
     predictor = Predictor.from_checkpoint(checkpoint, device=device, max_side=max_side, single_pass=single_pass,
                                           points=points)
-    return create_app(predictor, card=model_card(checkpoint), **app_kwargs)
+    return create_app(predictor, card=model_card(checkpoint, ckpt=predictor.header), **app_kwargs)
