@@ -42,7 +42,9 @@ import json
 import os
 import re
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from os import PathLike
 from pathlib import Path
@@ -339,6 +341,7 @@ def predict_paths(
     save_maps: bool = True,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
+    prefetch: int = 3,
 ) -> dict[str, Any]:
     """Count images, folders and videos and write the output layout of the module docstring.
 
@@ -348,6 +351,12 @@ def predict_paths(
     Names repeated across inputs get ``_2``, ``_3``... appended. ``resume``: continue an
     interrupted run into the same ``out_dir`` (module docstring); without a journal there it is
     a run from scratch.
+
+    ``prefetch``: streaming. Up to ``prefetch`` images ahead are decoded by 2 reader threads
+    while the network runs, and each image's files and journal line are written by one writer
+    thread (at most 2 images pending), in input order, so outputs, journal and counts are
+    identical to the sequential run (``prefetch=0``: no threads). Memory stays bounded by
+    ``prefetch`` decoded images + 2 pending outputs.
 
     Returns:
         The counts.json content. Raises :class:`DataError` for a missing input, an unwritable
@@ -446,9 +455,58 @@ def predict_paths(
     def replay(rec: dict[str, Any]) -> None:
         add({k: rec[k] for k in _RECORD_KEYS}, np.asarray(rec.get("points", []), dtype=np.float64).reshape(-1, 2))
 
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="autoscale-read") if prefetch > 0 else None
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="autoscale-write") if prefetch > 0 else None
+    done_sources = {r["source"] for r in done.values()}
+    reads: dict[int, Future] = {}
+    writes: deque[Future] = deque()
+    ahead = 0  # the next item index a read may be submitted for
+
+    def read_ahead(i: int) -> None:
+        """Submit reads of the image items up to ``prefetch`` ahead of item ``i`` (not those a
+        resumed run will replay)."""
+        nonlocal ahead
+        ahead = max(ahead, i)
+        while pool is not None and ahead < len(items) and ahead <= i + prefetch:
+            kind, path = items[ahead]
+            if kind == "image" and str(path) not in done_sources:
+                reads[ahead] = pool.submit(read_image, path, exif=True)
+            ahead += 1
+
+    def load(i: int, path: Path) -> np.ndarray:
+        fut = reads.pop(i, None)
+        return fut.result() if fut is not None else read_image(path, exif=True)
+
     def process(rgb: np.ndarray, name: str, source: str) -> None:
         pred = predictor.predict_array(rgb, name=name)
         prepare()
+        if writer is None:
+            write(rgb, pred, name, source)
+        else:
+            while len(writes) >= 2:
+                writes.popleft().result()  # a failed write raises here
+            writes.append(writer.submit(write, rgb, pred, name, source))
+        add(_record(pred, name, source), pred.points)
+
+    def _record(pred: Any, name: str, source: str) -> dict[str, Any]:
+        return {"image": name, "source": source, "count": pred.count, "first_count": pred.first_count,
+                "num_points": int(len(pred.points)), "height": pred.input_size[0],
+                "width": pred.input_size[1], "regions": pred.regions}
+
+    write_failed: list[bool] = []
+
+    def write(rgb: np.ndarray, pred: Any, name: str, source: str) -> None:
+        """The image's files, then its journal line (in the writer thread when streaming); after a
+        failed write nothing more is written, as in the sequential run."""
+        if write_failed:
+            return
+        try:
+            write_files(rgb, pred, name, source)
+        except BaseException:
+            write_failed.append(True)
+            raise
+
+    def write_files(rgb: np.ndarray, pred: Any, name: str, source: str) -> None:
         if save_maps:
             atomic_write_bytes(out / "maps" / f"{name}.npy", _npy_bytes(pred.map), "map")
         atomic_write_bytes(out / "points" / f"{name}.csv", _points_csv(pred.points), "points file")
@@ -460,15 +518,24 @@ def predict_paths(
             if not ok:  # pragma: no cover
                 raise DataError(out / "overlays" / f"{name}.png", "PNG encoding failed")
             atomic_write_bytes(out / "overlays" / f"{name}.png", buf.tobytes(), "overlay")
-        rec = {"image": name, "source": source, "count": pred.count, "first_count": pred.first_count,
-               "num_points": int(len(pred.points)), "height": pred.input_size[0],
-               "width": pred.input_size[1], "regions": pred.regions}
+        rec = _record(pred, name, source)
         line = dict(rec, points=pred.points.tolist()) if nwpu else rec
         journal.append(line)  # after the image's files: a journaled image is complete
-        add(rec, pred.points)
+
+    def drain(raising: bool) -> None:
+        """Wait for the pending writes (in order); re-raise the first failure unless already raising."""
+        first: BaseException | None = None
+        while writes:
+            try:
+                writes.popleft().result()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                first = first or exc
+        if first is not None and not raising:
+            raise first
 
     try:
-        for kind, path in items:
+        for i, (kind, path) in enumerate(items):
+            read_ahead(i)
             if kind == "video":
                 n_before = len(records)
                 stem = path.stem
@@ -498,7 +565,7 @@ def predict_paths(
                 used.add(name)
                 continue
             try:
-                rgb = read_image(path, exif=True)
+                rgb = load(i, path)
             except DataError as exc:
                 if len(items) == 1:
                     raise
@@ -513,8 +580,17 @@ def predict_paths(
             first, problem = failures[0]
             raise DataError(source, f"none of the {len(failures)} inputs could be read (first: {first.name}: {problem}); "
                                     f"nothing predicted, {out_path} left as it was")
+        drain(raising=False)
         prepare()  # a resumed run that had nothing left to count has not touched out yet
+    except BaseException:
+        drain(raising=True)
+        raise
     finally:
+        for fut in reads.values():
+            fut.cancel()
+        for ex in (pool, writer):
+            if ex is not None:
+                ex.shutdown(wait=True, cancel_futures=True)
         if journal is not None:
             journal.close()
     if nwpu:
