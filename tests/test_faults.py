@@ -145,11 +145,11 @@ def test_nonfinite_gradient_with_a_finite_loss(synth, tmp_path, monkeypatch, cap
     calls = {"n": 0}
     orig = trainer_mod.pixel_loss
 
-    def pixel_loss(variant, pred, *args):
+    def pixel_loss(variant, pred, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 8:
             pred = pred._replace(final=_InfGrad.apply(pred.final))
-        return orig(variant, pred, *args)
+        return orig(variant, pred, *args, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "pixel_loss", pixel_loss)
     out = tmp_path / mode
@@ -208,3 +208,23 @@ def test_failed_checkpoint_write_keeps_the_previous_one(synth, tmp_path, monkeyp
     assert len(lines) == 1 and lines[0].startswith(f"autoscale: error: {tmp_path / 'cli' / 'last.pt'}: cannot write")
     assert "no last.pt was written" in lines[0]
     assert not (tmp_path / "cli" / "last.pt").exists() and not list((tmp_path / "cli").glob("*.tmp"))
+
+
+def test_partial_files_of_a_killed_write_are_cleared_on_the_next_start(synth, tmp_path):
+    """A process killed inside an atomic write leaves ``.<name>.<random>.tmp`` (as large as the
+    model for a checkpoint). The next start removes them: on resume, and in a folder where the kill
+    came before run.json was in place (that folder counts as empty, not as a foreign one)."""
+    out = tmp_path / "run"
+    train(_cfg(synth, out, optim__epochs=1))
+    stale = [out / ".last.pt.k1ll3d.tmp", out / ".history.json.x.tmp"]
+    for p in stale:
+        p.write_bytes(b"partial")
+    res = train(_cfg(synth, out, optim__epochs=2), resume=True)
+    assert res.epoch == 2 and not any(p.exists() for p in stale)
+    assert load_training_checkpoint(out / "last.pt")["epoch"] == 2
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / ".run.json.a1b2.tmp").write_text("{")
+    train(_cfg(synth, fresh, optim__epochs=1))
+    assert (fresh / "run.json").is_file() and not list(fresh.glob(".*.tmp"))

@@ -78,6 +78,7 @@ from autoscale.engine.checkpoint import code_version, load_training_checkpoint, 
 from autoscale.engine.config import TrainConfig, config_to_dict
 from autoscale.engine.dataset import build_dataset, collate, resolve_sigma
 from autoscale.errors import AutoScaleError, CheckpointError, ConfigError
+from autoscale.io import atomic_write_text
 from autoscale.losses import CenterLoss, num_output_channels
 from autoscale.metrics import counting_metrics
 from autoscale.models.checkpoint import cpu_state_dict, make_checkpoint
@@ -207,17 +208,13 @@ def write_model_card(ckpt_path: Path, ckpt: dict[str, Any], extra: dict[str, Any
 
 
 def _write_text_atomic(path: Path, text: str, what: str, newline: str | None = None) -> None:
-    """Write ``text`` to ``path.tmp``, then replace ``path``; a disk error (full, quota) removes the
-    ``.tmp`` file, keeps any previous ``path`` and raises one :class:`AutoScaleError` line."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, newline=newline)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
-        raise AutoScaleError(f"{path}: cannot write {what} ({exc.strerror or exc}); {kept}") from None
+    atomic_write_text(path, text, what, newline=newline)
+
+
+def _stale_temp_files(out: Path) -> list[Path]:
+    """Temporary files of atomic writes (:func:`autoscale.io.atomic_path`: ``.<name>.<random>.tmp``)
+    that a killed process left in ``out``; no write of this run is in progress when it is called."""
+    return [p for p in out.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -232,7 +229,8 @@ def _check_out(out: Path, resume: bool) -> None:
         raise AutoScaleError(f"{out}: output folder is not writable ({existing}: permission denied)")
     if existing != out:
         return
-    entries = [p for p in out.iterdir() if p.name != ".write_test"]
+    stale = set(_stale_temp_files(out))
+    entries = [p for p in out.iterdir() if p.name != ".write_test" and p not in stale]
     if entries and not (out / RUN_MARKER).is_file():
         raise AutoScaleError(f"{out}: output folder is not empty and not an autoscale training run; "
                              f"choose another out=... or empty it")
@@ -251,6 +249,9 @@ def _prepare_out(out: Path, resume: bool, cfg: TrainConfig) -> None:
         probe.unlink()
     except OSError as exc:
         raise AutoScaleError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
+    for tmp in _stale_temp_files(out):  # partial checkpoints of a killed run: as large as the model
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     marker: dict[str, Any] = {"autoscale_train": True, "config": config_to_dict(cfg), "code_version": code_version()}
     if D.elastic_job() is not None:
         marker["torchrun_job"] = D.elastic_job()  # lets a restarted worker group find its own run
