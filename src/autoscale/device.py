@@ -32,8 +32,8 @@ def resolve_device(device: str | torch.device, what: str = "device") -> torch.de
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"{what} must be cpu, cuda, cuda:N or auto, got {device!r} ({exc})") from None
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{what} must be cpu, cuda, cuda:N or auto, got {device!r}") from None
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"{what} must be cpu, cuda, cuda:N or auto, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():

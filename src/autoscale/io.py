@@ -1,4 +1,4 @@
-"""File-system helpers used everywhere (one copy each): atomic writes.
+"""File-system helpers used everywhere (one copy each): atomic writes, image / video file extensions.
 
 Atomic write: the data goes to a temporary file in the destination folder (``.<name>.<random>.tmp``,
 so concurrent writers never share one), is flushed to the disk (``fsync``), and then ``os.replace``
@@ -20,7 +20,12 @@ from pathlib import Path
 
 from autoscale.errors import AutoScaleError
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_file"]
+__all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_file"]
+
+#: File extensions (lower case) read as images: folders for ``autoscale predict``, dataset folders.
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
+#: File extensions (lower case) read as videos by ``autoscale predict``.
+VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 
 
 def fsync_file(path: str | PathLike[str]) -> None:

@@ -62,15 +62,13 @@ import torch  # noqa: E402
 from autoscale.data.formats import natural_key  # noqa: E402
 from autoscale.data.image_io import check_pixels, read_image  # noqa: E402
 from autoscale.errors import ConfigError, DataError  # noqa: E402
-from autoscale.io import atomic_path, atomic_write_bytes  # noqa: E402
+from autoscale.io import IMAGE_EXTS, VIDEO_EXTS, atomic_path, atomic_write_bytes  # noqa: E402
 
 if TYPE_CHECKING:
     from autoscale.predict import Predictor
 
 __all__ = ["IMAGE_EXTS", "VIDEO_EXTS", "JOURNAL", "predict_paths"]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
-VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 #: The progress journal's file name inside the output folder.
 JOURNAL = "progress.jsonl"
 _JOURNAL_FORMAT = "autoscale-predict-progress"

@@ -59,6 +59,7 @@ from autoscale.data.image_io import image_size, read_image
 from autoscale.data.matfile import load_mat
 from autoscale.data.record import OUTSIDE_POLICIES, ImageRecord, apply_outside_policy, inside_mask
 from autoscale.errors import ConfigError, DataError
+from autoscale.io import IMAGE_EXTS
 
 __all__ = [
     "DatasetFormat",
@@ -74,7 +75,7 @@ __all__ = [
 
 PathLikeStr = str | PathLike[str]
 _FLOAT_MAX = 1.7976931348623157e308  # largest finite float64
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_IMAGE_EXTS = IMAGE_EXTS  # the one list, autoscale.io
 
 
 # --------------------------------------------------------------------------------------------

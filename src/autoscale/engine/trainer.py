@@ -74,10 +74,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from autoscale.engine import distributed as D
+from autoscale.device import resolve_device  # the one device resolver (re-exported here)
 from autoscale.engine.checkpoint import code_version, load_training_checkpoint, rng_state, save_atomic, set_rng_state
 from autoscale.engine.config import TrainConfig, config_to_dict
 from autoscale.engine.dataset import build_dataset, collate, resolve_sigma
-from autoscale.errors import AutoScaleError, CheckpointError, ConfigError
+from autoscale.errors import AutoScaleError, CheckpointError
 from autoscale.io import atomic_write_text
 from autoscale.losses import CenterLoss, num_output_channels
 from autoscale.metrics import counting_metrics
@@ -108,17 +109,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` / ``cuda`` / ``auto`` -> a torch device; ``cuda`` without a GPU is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'device' is 'cuda' but no CUDA device is available (use device=cpu)")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"config key 'device' must be cpu, cuda or auto, got {name!r}")
-    return torch.device(name)
-
-
 def _pipeline_config(cfg: TrainConfig) -> PipelineConfig:
     """The pipeline settings with variant and sigma taken from the model / data sections."""
     p = PipelineConfig(**{k: getattr(cfg.pipeline, k) for k in cfg.pipeline.__dataclass_fields__})
