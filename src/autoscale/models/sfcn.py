@@ -10,7 +10,10 @@ CSRNet's dilated back end (512, 512, 512, 256, 128, 64; 3x3, dilation 2, ReLU, n
 spatial encoder of SCNN (Pan et al. AAAI 2018) on its 64 channels - :class:`SliceConv`
 ``convDU`` (rows top to bottom then bottom to top, each row plus a 1x9 convolution + ReLU of its
 neighbour's result) and ``convLR`` (columns left to right and back, 9x1 convolutions) - and a 1x1
-output convolution + ReLU. The authors' x8 nearest up-sampling is our spreading of the stride-8
+output convolution, linear as the GCC paper's "regression layer" (the released code puts a ReLU
+after it; from scratch with Adam at 1e-3 on our synthetic crowds that ReLU output died - every
+pixel 0, the loss constant from the first epoch, 2 of 2 seeds - so, as for MCNN, we keep the
+paper's linear layer). The authors' x8 nearest up-sampling is our spreading of the stride-8
 cells (:mod:`autoscale.models.counter`; counts unchanged). 16,337,345 parameters at width 1 (hand
 count in ``tests/test_counters.py``: CSRNet's 16,263,424 without its output layer + two
 64 x 64 x 9 + 64 slice convolutions + 65).
@@ -95,7 +98,7 @@ class SFCN(DensityCounter):
 
     def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature = self.convLR(self.convDU(self.backend(self.backbone(x))))
-        return torch.relu(self.output_layer(feature)), feature
+        return self.output_layer(feature), feature
 
 
 def _sfcn(**kwargs: Any) -> SFCN:
