@@ -13,29 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _max_side(v: str) -> int | str:
-    return "auto" if v == "auto" else _positive_int(v)
-
-
-def _positive_int(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if i < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    return i
-
-
-def _positive_float(v: str) -> float:
-    try:
-        f = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}") from None
-    if not f > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v!r}")
-    return f
+from autoscale.cli.argtypes import max_side as _max_side
+from autoscale.cli.argtypes import positive_float as _positive_float
+from autoscale.cli.argtypes import positive_int as _positive_int
 
 
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:

@@ -9,17 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from autoscale.cli.argtypes import max_side as _max_side
+from autoscale.cli.argtypes import positive_int as _positive_int
+
 TOKEN_ENV = "AUTOSCALE_TOKEN"
-
-
-def _positive_int(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if i < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    return i
 
 
 def _port(v: str) -> int:
@@ -40,10 +33,6 @@ def _megabytes(v: str) -> float:
     if not (f > 0 and f <= 4096):
         raise argparse.ArgumentTypeError(f"expected a size in MiB between 0 and 4096, got {v!r}")
     return f
-
-
-def _max_side(v: str) -> int | str:
-    return "auto" if v == "auto" else _positive_int(v)
 
 
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
