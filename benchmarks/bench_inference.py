@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import platform
+import subprocess
 import shutil
 import statistics
 import sys
@@ -274,8 +275,26 @@ def bf16_count_check(ckpts: dict[str, Any], n: int, max_side: int) -> dict[str, 
 
 
 # -- report -------------------------------------------------------------------------------------
-def machine_info(threads: int) -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "threads": threads, "native_bf16": cpu_has_native_bf16(),
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """The machine and torch build (``threads``: default torch's current thread count)."""
+    threads = torch.get_num_threads() if threads is None else threads
+    model_name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model_name = line.split(":", 1)[1].strip()
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    try:
+        onednn_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        onednn_bf16 = False
+    return {"cpu_model": model_name, "cpu_count": os.cpu_count(), "threads": threads,
+            "amx": sorted(f for f in flags if f.startswith("amx")), "onednn_bf16_supported": onednn_bf16, "native_bf16": cpu_has_native_bf16(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "python": sys.version.split()[0], "platform": platform.platform(),
             "load_average_start": list(os.getloadavg())}

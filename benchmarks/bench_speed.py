@@ -68,9 +68,11 @@ sys.path.insert(0, str(BENCH_DIR))
 import _common as C  # noqa: E402  (the benchmarks' TrainConfig helper)
 import bench_inference as BI  # noqa: E402  (machine info, model builder, input and region helpers)
 
-from autoscale.data.formats import write_generic_annotation, write_generic_list  # noqa: E402
+from autoscale.data.formats import read_dataset, write_generic_annotation, write_generic_list  # noqa: E402
+from autoscale.data.image_io import read_image  # noqa: E402
 from autoscale.data.synth import SynthConfig, generate_dataset, generate_scene  # noqa: E402
 from autoscale.dense_region import Region, find_dense_regions  # noqa: E402
+from autoscale.models.registry import get_model  # noqa: E402
 from autoscale.models.vgg import normalize  # noqa: E402
 from autoscale.pipeline import AutoScale, PipelineConfig  # noqa: E402
 from autoscale.targets import density_map, distance_label_map, zoomed_size  # noqa: E402
@@ -256,13 +258,69 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# -- the representative input and model (moved here from bench_inference, their only user) -----
+GT_SIGMA = 8.0
+GATE = 0.1
+
+
+def _region_of(points: np.ndarray, shape: tuple[int, int], gate: float) -> Region | None:
+    d = density_map(points, shape, GT_SIGMA)
+    regions = find_dense_regions(d, "regression", k=2.0, area_ratio=gate)
+    return regions[0] if regions else None
+
+
+def choose_input(data: Path | None, image: str | None, size: tuple[int, int], seed: int) -> dict[str, Any]:
+    """The image (uint8 RGB), its points, the representative region and where they came from."""
+    info: dict[str, Any] = {}
+    if data is not None and data.is_dir():
+        recs = read_dataset("shanghaitech", data, "test")
+        if image is None:  # median area ratio among images whose GT region passes the gate
+            found = [(r, _region_of(r.points, (r.height, r.width), GATE)) for r in recs]
+            passing = sorted([(g.area_ratio, r.name) for r, g in found if g is not None])
+            info["scan"] = {"images": len(recs), "passing_gate": len(passing),
+                            "median_area_ratio_passing": float(np.median([a for a, _ in passing]))}
+            image = passing[len(passing) // 2][1]
+        rec = next((r for r in recs if r.name == image), None)
+        if rec is None:
+            raise SystemExit(f"{data}: no test image named {image!r}")
+        img = read_image(rec.image_path)
+        pts = rec.points
+        info.update(source=f"shanghaitech part_B test {rec.name} ({rec.image_path})", gt_count=rec.count)
+    else:
+        cfg = SynthConfig.for_size(size)
+        img, pts, _, _ = generate_scene(cfg, np.random.default_rng(seed))
+        info.update(source=f"synthetic scene autoscale.data.synth.generate_scene size={list(size)} seed={seed}",
+                    gt_count=len(pts))
+    H, W = img.shape[:2]
+    region = _region_of(pts, (H, W), GATE)
+    info["region_passes_gate"] = region is not None
+    if region is None:  # fall back to the largest dense component, whatever its size
+        region = _region_of(pts, (H, W), 0.0)
+    if region is None:
+        region = Region(W // 4, H // 4, W // 2, H // 2, (W // 2) * (H // 2), 0.25)
+    info["region"] = {"x": region.x, "y": region.y, "w": region.w, "h": region.h,
+                      "area_ratio": region.area_ratio,
+                      "gt_people_inside": int(((pts[:, 0] >= region.x) & (pts[:, 0] < region.x + region.w)
+                                               & (pts[:, 1] >= region.y) & (pts[:, 1] < region.y + region.h)).sum())}
+    info["image_size"] = [H, W]
+    return {"image": img, "points": pts, "region": region, "info": info}
+
+
+def build_model(seed: int, width: float) -> AutoScale:
+    torch.manual_seed(seed)
+    fpn = get_model("fpn_regression", backbone="vgg16", width=width)
+    l2s = get_model("l2s_regression", in_channels=fpn.feature_channels)
+    return AutoScale(fpn, l2s, PipelineConfig()).eval()
+
+
+
 def run_inference_config(spec: dict[str, Any]) -> dict[str, Any]:
     """One (size, precision) configuration: time ``predict`` with the forced region; peak RSS."""
     torch.set_num_threads(spec["threads"])
     size = tuple(spec["size"])
     prec = spec["precision"]
-    model = BI.build_model(spec["seed"], spec["width"])
-    inp = BI.choose_input(None, None, size, spec["seed"])
+    model = build_model(spec["seed"], spec["width"])
+    inp = choose_input(None, None, size, spec["seed"])
     x = normalize(inp["image"])
     if prec == "bf16_cl":
         model = model.to(memory_format=torch.channels_last)
@@ -470,7 +528,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     machine = BI.machine_info()
-    precisions = tuple(p for p in PRECISIONS if p == "fp32" or (machine["onednn_bf16_supported"] and not s))
+    precisions = tuple(p for p in PRECISIONS if p == "fp32" or (machine["native_bf16"] and not s))
     result: dict[str, Any] = {"benchmark": "speed", "command": " ".join(["python benchmarks/bench_speed.py", *argv]),
                               "seed": args.seed, "threads": args.threads, "smoke": s, "load_average_start": load_average()}
     try:

@@ -165,7 +165,7 @@ def test_speed_smoke_inference_flops(speed_smoke, speed_mod):
         assert mp[f"{k}_gflops"] == pytest.approx(2 * mp["n"] ** 3 / mp[f"{k}_seconds"] / 1e9)
     rows = saved["inference"]["rows"]
     assert [tuple(r["size"]) for r in rows] == [(48, 64), (96, 128)]
-    model = speed_mod.BI.build_model(0, 1 / 16)
+    model = speed_mod.build_model(0, 1 / 16)
     for r in rows:
         assert r["achieved_gflops"] == pytest.approx(r["flops"]["total"] / r["median_s"] / 1e9)
         # FLOPs counted here on real tensors (not the meta device)
