@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
@@ -48,12 +48,11 @@ def atomic_path(path: str | PathLike[str], what: str = "file", *, sync: bool = T
     ``sync=False`` skips the fsync (for many small files where a crash may lose the newest ones
     but must never leave a torn one: ``os.replace`` alone guarantees that)."""
     p = Path(path)
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+    try:  # O_EXCL: never shared; mode 0o666 minus the umask, as a plain open() would give the file
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as exc:
         raise _error(p, what, exc) from None
-    os.close(fd)
-    tmp = Path(name)
     try:
         yield tmp
         if sync:
