@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from autoscale.data.image_io import image_size, read_image
 from autoscale.errors import DataError
@@ -110,6 +110,22 @@ def test_exif_orientation_6(tmp_path):
     # exact: the same decoded pixels, rotated clockwise (the stored left, red half becomes the top)
     np.testing.assert_array_equal(rot, np.rot90(stored, k=-1))
     assert rot[5, 10, 0] > 200 and rot[35, 10, 2] > 200
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillow(tmp_path, orientation):
+    # PNG (lossless): the reader's own orientation transforms against Pillow's exif_transpose
+    arr = _rng().integers(0, 256, (5, 8, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(arr).save(tmp_path / "o.png", exif=exif.tobytes())
+    with Image.open(tmp_path / "o.png") as im:
+        expect = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    out = read_image(tmp_path / "o.png", exif=True)
+    np.testing.assert_array_equal(out, expect)
+    assert out.flags.c_contiguous
+    assert image_size(tmp_path / "o.png", exif=True) == (expect.shape[1], expect.shape[0])
+    np.testing.assert_array_equal(read_image(tmp_path / "o.png"), arr)  # stored grid without exif
 
 
 def test_truncated_jpeg(tmp_path):

@@ -28,6 +28,26 @@ limit is a module global: headers are parsed with it off, under a short lock; an
 Pillow's limit is decoded under that lock with Pillow's limit set to ours; every other image
 decodes without the lock, in parallel with other threads.) The same limit applies to video frames
 (:mod:`autoscale.predict`).
+
+Decoding straight to a smaller size (``read_image(path, size=(w, h))``, for callers that downscale
+anyway, e.g. the large-image rule of :mod:`autoscale.predict`): the result is exactly ``w x h``,
+the exact area average (``cv2.INTER_AREA``'s) of the image, with the geometry of
+:class:`autoscale.data.preprocess.ResizeRule`: output pixel ``(r, c)`` covers the input rectangle
+``[c W/w, (c+1) W/w) x [r H/h, (r+1) H/h)``, so a point maps as ``x' = x w / W``, ``y' = y h / H``
+(``W x H``: the image's size as returned without ``size``, after the EXIF orientation when
+``exif=True``). A JPEG at least ``2 x`` the target per axis (:data:`DRAFT_GAP`) is decoded by the
+decoder itself at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling through Pillow's ``draft``: the
+largest factor ``s`` with ``W_stored // s >= 2 w_stored`` and ``H_stored // s >= 2 h_stored``), so
+its full-resolution pixels never exist in memory: a 12000 x 8000 JPEG decoded for the 2048-pixel
+cap peaks at ~0.2 GB instead of ~0.9 GB, and takes half the time. The reduced decode covers the
+stored image's ``[0, W/s) x [0, H/s)`` (its last row / column may stand for a partial block of
+``s`` pixels); exactly that box is area-averaged to the target (``cv2.INTER_AREA`` when ``s``
+divides both sides, else :func:`_area_resize`) before the EXIF orientation is applied, so the
+geometry above holds exactly. Only the pixel values differ from a full decode + area resize,
+because DCT-domain scaling is not an exact block average: ~1 grey level on average on ShanghaiTech
+photos (up to ~3 for targets below 1/8 of a very textured image). Every other case (other
+formats, smaller reductions) decodes fully and resizes with ``cv2.INTER_AREA``: bit-identical to
+``read_image(path)`` followed by the large-image rule's resize.
 """
 from __future__ import annotations
 
@@ -35,17 +55,18 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from autoscale.errors import ConfigError, DataError
 
 __all__ = ["read_image", "image_size", "to_rgb_array", "max_pixels", "check_pixels", "DEFAULT_MAX_PIXELS",
-           "MAX_PIXELS_ENV"]
+           "MAX_PIXELS_ENV", "DRAFT_GAP"]
 
 #: Largest image (width x height, as its header declares) decoded by default: 250 million pixels,
 #: well above any camera photo (200 MP phones) and far below a decompression bomb's billions.
@@ -55,8 +76,25 @@ MAX_PIXELS_ENV = "AUTOSCALE_MAX_PIXELS"
 # Guards Pillow's module-global limit while we swap it (module docstring).
 _PILLOW_LOCK = threading.Lock()
 
+#: A JPEG is reduced by the decoder only while the reduced image keeps at least this many pixels
+#: per target pixel along each axis (Pillow's ``thumbnail`` default): the final area average then
+#: spans >= 2 decoded pixels, which keeps the result within ~1 grey level of a full decode.
+DRAFT_GAP = 2
+
 _EXIF_ORIENTATION = 0x0112
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)  # transposes / 90-degree rotations swap width and height
+#: EXIF orientation -> the array transform that shows the stored pixels upright (what
+#: ``PIL.ImageOps.exif_transpose`` does: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90
+#: clockwise, 7 transverse, 8 rotate 90 counter-clockwise). Views; the caller copies once.
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
 
 
 def max_pixels() -> int | None:
@@ -155,6 +193,7 @@ def _composite_on_black(rgba: np.ndarray) -> np.ndarray:
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as ``uint8 (H, W, 3)`` RGB, by the mode rules of the module docstring."""
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8)
@@ -186,32 +225,117 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def read_image(path: str | PathLike[str], *, exif: bool = False) -> np.ndarray:
+def _cv2() -> Any:
+    """OpenCV, imported on first use (importing this module stays light)."""
+    import cv2
+
+    return cv2
+
+
+def _area_rows(a: np.ndarray, extent: float, n: int, chunk: int = 128) -> np.ndarray:
+    """Exact area average along axis 1 of ``a`` ``(R, L, C)``: output ``[:, i]`` is the mean of the
+    piecewise constant signal (sample ``j`` on ``[j, j+1)``) over ``[i e/n, (i+1) e/n)``,
+    ``e = extent <= L``. Prefix sums in float64, ``chunk`` rows at a time; ``(R, n, C)`` float32."""
+    length = a.shape[1]
+    step = extent / n
+    edges = np.arange(n + 1) * step
+    k = np.minimum(np.floor(edges).astype(np.intp), length - 1)
+    frac = (edges - k)[:, None]
+    out = np.empty((a.shape[0], n, a.shape[2]), dtype=np.float32)
+    cs = np.empty((min(chunk, a.shape[0]), length + 1, a.shape[2]), dtype=np.float64)
+    cs[:, 0] = 0.0
+    for r0 in range(0, a.shape[0], chunk):
+        sub = np.ascontiguousarray(a[r0:r0 + chunk])
+        c = cs[:len(sub)]
+        np.cumsum(sub, axis=1, dtype=np.float64, out=c[:, 1:])
+        integral = c[:, k] + frac * sub[:, k]  # the signal's integral from 0 to each edge
+        out[r0:r0 + len(sub)] = (integral[:, 1:] - integral[:, :-1]) / step
+    return out
+
+
+def _area_resize(arr: np.ndarray, size: tuple[int, int], extent: tuple[float, float]) -> np.ndarray:
+    """The exact area average of ``arr``'s box ``[0, extent_x) x [0, extent_y)`` (pixels as unit
+    squares) on a ``size = (width, height)`` grid, rounded to ``uint8``; ``cv2.INTER_AREA``'s
+    result (within rounding) when the extent is the whole array."""
+    rows = _area_rows(arr, float(extent[0]), int(size[0]))  # (H_r, w, 3)
+    cols = _area_rows(rows.transpose(1, 0, 2), float(extent[1]), int(size[1]))  # (w, h, 3)
+    return np.ascontiguousarray(np.clip(np.rint(cols), 0, 255).astype(np.uint8).transpose(1, 0, 2))
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1..8) of an opened image; 1 when absent, unknown or unreadable
+    (a corrupt EXIF block does not make the pixels unreadable)."""
+    try:
+        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError, KeyError):
+        return 1
+    return value if type(value) is int and value in _ORIENT else 1
+
+
+def _target_size(path: Path, size: tuple[int, int], shown: tuple[int, int]) -> tuple[int, int]:
+    """``size`` checked: two whole numbers in ``1..W`` and ``1..H`` of the image as returned."""
+    try:
+        w, h = (int(v) for v in size)
+        ok = len(tuple(size)) == 2 and all(int(v) == v for v in size)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not (1 <= w <= shown[0] and 1 <= h <= shown[1]):
+        raise ConfigError(f"{path}: size must be (width, height) with 1 <= width <= {shown[0]} and "
+                          f"1 <= height <= {shown[1]} (decoding only reduces), got {size!r}")
+    return w, h
+
+
+def read_image(path: str | PathLike[str], *, exif: bool = False, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode an image file to a ``uint8 (H, W, 3)`` RGB array (see the module docstring).
 
     Args:
         path: image file (any format Pillow reads: JPEG, PNG, BMP, TIFF, ...).
-        exif: apply the EXIF orientation tag (``ImageOps.exif_transpose``). Off by default: dataset
-            annotations refer to the stored pixel grid.
+        exif: apply the EXIF orientation tag (as ``PIL.ImageOps.exif_transpose``). Off by default:
+            dataset annotations refer to the stored pixel grid. An unreadable EXIF block counts as
+            no orientation.
+        size: ``(width, height)`` to decode to, at most the image's own size (after ``exif``):
+            area-averaged with exact geometry, a JPEG reduced by the decoder on the way (module
+            docstring, "Decoding straight to a smaller size"). None: full resolution.
 
     Raises:
         DataError: missing file, unrecognised format, truncated or corrupt data, or a declared size
             above :func:`max_pixels`.
+        ConfigError: a ``size`` that is not ``(width, height)`` within the image's size.
     """
     p = Path(path)
     img = _open(p)
     try:
         with img, _decoding(p, img.size):
-            img.load()  # full decode: raises on truncated / corrupt data
-            if exif:
-                img = ImageOps.exif_transpose(img)
+            orientation = _orientation(img) if exif else 1
+            swap = orientation in _SWAPPING_ORIENTATIONS
+            box = None
+            want = target = None
+            if size is not None:
+                W, H = img.size
+                want = _target_size(p, size, (H, W) if swap else (W, H))
+                target = want[::-1] if swap else want  # in the stored orientation
+                if target != (W, H):  # JPEG: DCT-domain 1/2, 1/4, 1/8; other formats: None
+                    drafted = img.draft(None, (target[0] * DRAFT_GAP, target[1] * DRAFT_GAP))
+                    if drafted is not None and img.size != (W, H):
+                        box = drafted[1]  # the stored image's extent in reduced pixels: (0, 0, W/s, H/s)
+            img.load()  # full (or reduced) decode: raises on truncated / corrupt data
             arr = to_rgb_array(img)
-    except DataError:
+    except (DataError, ConfigError):
         raise
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(p, f"cannot decode image: {exc}") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise DataError(p, f"cannot decode image: unexpected decoded shape {arr.shape}")
+    if box is not None:  # reduced by the decoder: area-average exactly the image's box to the target
+        if (box[2], box[3]) == arr.shape[1::-1]:  # s divides W and H: the box is the whole array
+            arr = _cv2().resize(arr, target, interpolation=_cv2().INTER_AREA)
+        else:
+            arr = _area_resize(arr, target, (box[2], box[3]))
+    if orientation != 1:
+        arr = _ORIENT[orientation](arr)
+    if want is not None and box is None and arr.shape[1::-1] != want:
+        # Full decode: the large-image rule's resize (ResizeRule.apply), after the orientation.
+        arr = _cv2().resize(np.ascontiguousarray(arr), want, interpolation=_cv2().INTER_AREA)
     return np.ascontiguousarray(arr)
 
 
@@ -229,13 +353,8 @@ def image_size(path: str | PathLike[str], *, exif: bool = False) -> tuple[int, i
     img = _open(p)
     with img:
         width, height = img.size
-        if exif:
-            try:
-                orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-            except (OSError, ValueError, SyntaxError, EOFError):
-                orientation = 1
-            if orientation in _SWAPPING_ORIENTATIONS:
-                width, height = height, width
+        if exif and _orientation(img) in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
     if width <= 0 or height <= 0:
         raise DataError(p, f"cannot decode image: invalid size {width}x{height}")
     return int(width), int(height)
