@@ -17,12 +17,13 @@ from autoscale.data.image_io import DRAFT_GAP, _area_resize, read_image
 from autoscale.data.preprocess import ResizeRule
 from autoscale.errors import ConfigError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "shanghaitech"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _real_photo(part: str, name: str) -> Path:
-    p = DATA / part / ("test_data" if part == "part_B" else "train_data") / "images" / name
+    from conftest import SHARED_DATA  # ../shared/data, or $AUTOSCALE_SHARED_DATA
+
+    p = SHARED_DATA / "shanghaitech" / part / ("test_data" if part == "part_B" else "train_data") / "images" / name
     if not p.is_file():
         pytest.skip(f"real photo {p} not available (see ../shared/data/README.md)")
     return p
