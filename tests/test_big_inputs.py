@@ -133,15 +133,19 @@ def test_reduced_decode_matches_full_decode_on_real_photos(part, name):
 
 
 def test_no_reduction_is_bit_identical_to_the_resize_rule(tmp_path):
-    # PNG: no decoder reduction; a JPEG asked for more than half its size: none either.
+    # PNG: no decoder reduction; a JPEG asked for more than half its size: none either; a JPEG
+    # that would be reduced, with draft=False: none.
     rng = np.random.default_rng(1)
     arr = cv2.resize(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), (400, 300), interpolation=cv2.INTER_CUBIC)
     Image.fromarray(arr).save(tmp_path / "a.png")
     Image.fromarray(arr).save(tmp_path / "a.jpg", quality=90)
-    for name, size in (("a.png", (100, 75)), ("a.jpg", (300, 225)), ("a.jpg", (400, 300))):
+    for name, size, draft in (("a.png", (100, 75), True), ("a.jpg", (300, 225), True), ("a.jpg", (400, 300), True),
+                              ("a.jpg", (100, 75), False)):
         full = read_image(tmp_path / name)
         expect, _, _, _ = ResizeRule("cap", max_long=size[0]).apply(full, np.zeros((0, 2)))
-        np.testing.assert_array_equal(read_image(tmp_path / name, size=size), expect)
+        np.testing.assert_array_equal(read_image(tmp_path / name, size=size, draft=draft), expect)
+    reduced = read_image(tmp_path / "a.jpg", size=(100, 75))  # the decoder reduces by 2: close, not equal
+    assert 0 < np.abs(reduced.astype(int) - expect.astype(int)).mean() < 1.5
 
 
 def test_bad_size_is_one_config_error(tmp_path):

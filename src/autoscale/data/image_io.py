@@ -35,19 +35,21 @@ the exact area average (``cv2.INTER_AREA``'s) of the image, with the geometry of
 :class:`autoscale.data.preprocess.ResizeRule`: output pixel ``(r, c)`` covers the input rectangle
 ``[c W/w, (c+1) W/w) x [r H/h, (r+1) H/h)``, so a point maps as ``x' = x w / W``, ``y' = y h / H``
 (``W x H``: the image's size as returned without ``size``, after the EXIF orientation when
-``exif=True``). A JPEG at least ``2 x`` the target per axis (:data:`DRAFT_GAP`) is decoded by the
-decoder itself at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling through Pillow's ``draft``: the
-largest factor ``s`` with ``W_stored // s >= 2 w_stored`` and ``H_stored // s >= 2 h_stored``), so
-its full-resolution pixels never exist in memory: a 12000 x 8000 JPEG decoded for the 2048-pixel
-cap peaks at ~0.2 GB instead of ~0.9 GB, and takes half the time. The reduced decode covers the
-stored image's ``[0, W/s) x [0, H/s)`` (its last row / column may stand for a partial block of
-``s`` pixels); exactly that box is area-averaged to the target (``cv2.INTER_AREA`` when ``s``
-divides both sides, else :func:`_area_resize`) before the EXIF orientation is applied, so the
-geometry above holds exactly. Only the pixel values differ from a full decode + area resize,
-because DCT-domain scaling is not an exact block average: ~1 grey level on average on ShanghaiTech
-photos (up to ~3 for targets below 1/8 of a very textured image). Every other case (other
-formats, smaller reductions) decodes fully and resizes with ``cv2.INTER_AREA``: bit-identical to
-``read_image(path)`` followed by the large-image rule's resize.
+``exif=True``). Unless ``draft=False``, a JPEG at least ``2 x`` the target per axis
+(:data:`DRAFT_GAP`) is decoded by the decoder itself at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling
+through Pillow's ``draft``: the largest factor ``s`` with ``W_stored // s >= 2 w_stored`` and
+``H_stored // s >= 2 h_stored``), so its full-resolution pixels never exist in memory: a 12000 x
+8000 JPEG decoded for the 2048-pixel cap peaks at ~0.2 GB instead of ~0.9 GB, and takes half the
+time. The reduced decode covers the stored image's ``[0, W/s) x [0, H/s)`` (its last row / column
+may stand for a partial block of ``s`` pixels); exactly that box is area-averaged to the target
+(``cv2.INTER_AREA`` when ``s`` divides both sides, else :func:`_area_resize`) before the EXIF
+orientation is applied, so the geometry above holds exactly. Only the pixel values differ from a
+full decode + area resize, because DCT-domain scaling is not an exact block average: ~1 grey level
+on average on ShanghaiTech photos (up to ~3 for targets below 1/8 of a very textured image); a
+trained Lite0 (ShanghaiTech A) then counts 1.2 % differently per image on average (+0.4 % in
+total), where a Lanczos resize instead of the area average moves its counts by 6.4 %. Every other
+case (other formats, smaller reductions) decodes fully and resizes with ``cv2.INTER_AREA``:
+bit-identical to ``read_image(path)`` followed by the large-image rule's resize.
 """
 from __future__ import annotations
 
@@ -285,7 +287,8 @@ def _target_size(path: Path, size: tuple[int, int], shown: tuple[int, int]) -> t
     return w, h
 
 
-def read_image(path: str | PathLike[str], *, exif: bool = False, size: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(path: str | PathLike[str], *, exif: bool = False, size: tuple[int, int] | None = None,
+               draft: bool = True) -> np.ndarray:
     """Decode an image file to a ``uint8 (H, W, 3)`` RGB array (see the module docstring).
 
     Args:
@@ -296,6 +299,9 @@ def read_image(path: str | PathLike[str], *, exif: bool = False, size: tuple[int
         size: ``(width, height)`` to decode to, at most the image's own size (after ``exif``):
             area-averaged with exact geometry, a JPEG reduced by the decoder on the way (module
             docstring, "Decoding straight to a smaller size"). None: full resolution.
+        draft: with ``size``, let the JPEG decoder reduce (default). False: decode fully, then
+            area-average: bit-identical to ``read_image(path)`` + ``cv2.INTER_AREA``, at the cost
+            of the full-resolution decode in memory.
 
     Raises:
         DataError: missing file, unrecognised format, truncated or corrupt data, or a declared size
@@ -314,7 +320,7 @@ def read_image(path: str | PathLike[str], *, exif: bool = False, size: tuple[int
                 W, H = img.size
                 want = _target_size(p, size, (H, W) if swap else (W, H))
                 target = want[::-1] if swap else want  # in the stored orientation
-                if target != (W, H):  # JPEG: DCT-domain 1/2, 1/4, 1/8; other formats: None
+                if draft and target != (W, H):  # JPEG: DCT-domain 1/2, 1/4, 1/8; other formats: None
                     drafted = img.draft(None, (target[0] * DRAFT_GAP, target[1] * DRAFT_GAP))
                     if drafted is not None and img.size != (W, H):
                         box = drafted[1]  # the stored image's extent in reduced pixels: (0, 0, W/s, H/s)
