@@ -452,17 +452,22 @@ class Bench:
         cmd = [sys.executable, "-m", "autoscale", "evaluate", "--checkpoint", str(self.train_dir(m.run) / "last.pt"),
                "--config", preset, *data_ov, "--split", self.data["eval_split"], "--out", str(self.eval_dir(method)),
                "--no-progress", *m.eval_args]
-        if m.partner:
+        if self.partner(method):
             cmd += ["--regions-from", str(self.eval_dir(m.partner) / "per_image.csv")]
         return cmd
+
+    def partner(self, method: str) -> str | None:
+        """The AutoScale method whose boxes give an FPN entry's dense MAE (None with --no-partner)."""
+        return None if self.a.no_partner else METHODS[method].partner
 
     def ensure_evaluated(self, method: str) -> dict[str, Any]:
         m = METHODS[method]
         self.ensure_trained(m.run)
-        if m.partner:
-            self.ensure_evaluated(m.partner)
+        partner = self.partner(method)
+        if partner:
+            self.ensure_evaluated(partner)
         cmd = self.eval_command(method)
-        inputs = [self.train_dir(m.run) / "last.pt"] + ([self.eval_dir(m.partner) / "per_image.csv"] if m.partner else [])
+        inputs = [self.train_dir(m.run) / "last.pt"] + ([self.eval_dir(partner) / "per_image.csv"] if partner else [])
         key = {"command": _cmd_text(cmd), "inputs": {str(p): p.stat().st_mtime_ns for p in inputs}}
         sp = self._state_path(f"eval_{method}")
         with _flock(self.work / "locks" / f"eval_{method}.lock", self.say):
@@ -506,10 +511,12 @@ class Bench:
             d = met["dense_regions"]
             e.update(dense_mae=d["autoscale"]["mae"], dense_rmse=d["autoscale"]["rmse"], dense_mae_n=d["num_images"],
                      dense_regions_from=method, dense_first_pass_mae=d["baseline"]["mae"])
-        else:
+        elif self.partner(method):
             g = met["given_regions"]
             e.update(dense_mae=g["mae"], dense_rmse=g["rmse"], dense_mae_n=g["n"], dense_regions_from=m.partner,
                      dense_count_from=g["count_from"])
+        else:  # --no-partner: no boxes to score the dense part in
+            e.update(dense_mae=None, dense_rmse=None, dense_mae_n=None, dense_regions_from=None)
         if "localization" in met:
             for s in SIGMAS:
                 loc = met["localization"][f"sigma_{s}"]
@@ -606,7 +613,7 @@ def markdown(r: dict[str, Any]) -> str:
         over = " (over budget)" if m["over_budget"] else ""
         branch = "" if m["branch_epoch"] is None else f" ({m['branch_epoch']})"
         lines.append(f"| {name} | {f(m['mae'])} | {f(m['rmse'])} | {f(m['first_pass_mae'])} | {f(m['dense_mae'])} "
-                     f"({m['dense_mae_n']}) | {prf(4)} | {prf(8)} | {m['cpu_minutes']:.1f}{over} | {m['epochs']}{branch} |")
+                     f"({m['dense_mae_n'] if m['dense_mae_n'] is not None else '–'}) | {prf(4)} | {prf(8)} | {m['cpu_minutes']:.1f}{over} | {m['epochs']}{branch} |")
     lines += ["", "Dense MAE: GT heads vs the method's count inside the boxes its AutoScale partner refined "
               "(`dense_regions_from`), over those images. P/R/F1 at 4 / 8 px of the original photo. Train CPU "
               "minutes: user + system time of the `autoscale train` processes (an AutoScale model's include its FPN "
@@ -652,6 +659,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="extra config override for every train command (data.format/root/resize/outside: "
                          "evaluate too)")
     ap.add_argument("--smoke", action="store_true", help="seconds: 3 train / 2 test tiny copies, width-1/16 network")
+    ap.add_argument("--no-partner", action="store_true",
+                    help="FPN methods: skip the AutoScale partner (and its training) that gives their dense MAE; "
+                         "dense_mae is null")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     methods = [s.strip() for s in a.methods.split(",") if s.strip()]
