@@ -195,3 +195,129 @@ def test_big_jpeg_decoded_reduced_in_bounded_memory(tmp_path):
     assert full_size == (6000, 4000) and small_size == (750, 500)
     assert full_mib > 140  # the measurement sees a full decode
     assert small_mib < 40  # decoded at 1/4 (1500 x 1000): a few MB
+
+
+# ---------------------------------------------------------------------------------- the predict path
+# Predictor.read / the runner on a photo above READ_SIDE: READ_SIDE is lowered so a real 1024 x 768
+# ShanghaiTech B photo plays the big photo (the geometry is the same at any size).
+def _big_predictor(tmp_path, monkeypatch, variant="regression", read_side=400, max_side=192):
+    import autoscale.predict as P
+    from autoscale.predict import Predictor
+    from test_predict import make_checkpoint
+
+    monkeypatch.setattr(P, "READ_SIDE", read_side)
+    return Predictor.from_checkpoint(make_checkpoint(tmp_path / "m.pt", variant), max_side=max_side, points="peaks")
+
+
+def test_predictor_reads_a_big_photo_reduced_with_the_same_geometry(tmp_path, monkeypatch, one_thread):
+    photo = _real_photo("part_B", "IMG_1.jpg")
+    p = _big_predictor(tmp_path, monkeypatch)
+    rgb, size = p.read(photo)
+    assert size == (768, 1024) and rgb.shape == (300, 400, 3)  # longer side READ_SIDE, aspect kept
+    full = read_image(photo, exif=True)
+    ref = cv2.resize(full, (400, 300), interpolation=cv2.INTER_AREA)
+    assert np.abs(rgb.astype(int) - ref).mean() < 1.5  # the decoder's reduction: ~1 grey level
+    got = p(photo)  # a path goes through read()
+    want = p.predict_array(full, name="IMG_1")  # the full decode, as before
+    assert got.input_size == want.input_size == (768, 1024)
+    assert got.network_size == want.network_size == p.network_size(768, 1024) == (144, 192)
+    assert got.map.shape == want.map.shape == (768, 1024)
+    # an untrained (Kaiming) net amplifies the ~1 grey level; a trained lite0 moved 1.2 % per image
+    assert got.count == pytest.approx(want.count, rel=0.06)
+    assert abs(float(got.map.sum()) - got.count) < 1e-3 * max(1.0, got.count)
+    # input_size maps back exactly: given the full path's own network input, every output agrees
+    from autoscale.predict import resize_for_inference
+
+    small, _, _ = resize_for_inference(full, 192)
+    same = p.predict_array(small, name="IMG_1", input_size=(768, 1024))
+    assert same.count == want.count and np.array_equal(same.points, want.points) and same.regions == want.regions
+    assert np.array_equal(same.map, want.map)
+    for r in got.regions:
+        assert 0 <= r["x"] and r["x"] + r["w"] <= 1024 + 1e-6 and r["y"] + r["h"] <= 768 + 1e-6
+
+
+def test_small_photos_are_decoded_in_full(tmp_path, monkeypatch, one_thread):
+    photo = _real_photo("part_B", "IMG_1.jpg")
+    p = _big_predictor(tmp_path, monkeypatch, read_side=4096)
+    rgb, size = p.read(photo)
+    assert np.array_equal(rgb, read_image(photo, exif=True)) and size == (768, 1024)
+    a, b = p(photo), p.predict_array(rgb, name="IMG_1")
+    assert a.count == b.count and np.array_equal(a.map, b.map)
+    # no large-image rule: the network sees the file's pixels, so nothing is reduced either
+    p.max_side = None
+    assert p.read(photo)[0].shape == (768, 1024, 3)
+
+
+def test_runner_overlay_of_a_big_photo_at_the_decoded_resolution(tmp_path, monkeypatch, one_thread):
+    from autoscale.runner import predict_paths
+
+    photo = _real_photo("part_B", "IMG_1.jpg")
+    p = _big_predictor(tmp_path, monkeypatch)
+    s = predict_paths(p, photo, tmp_path / "out", log=lambda m: None)
+    rec = s["images"][0]
+    assert (rec["height"], rec["width"]) == (768, 1024)
+    assert rec["count"] == pytest.approx(p(photo).count, abs=1e-9)  # one read path for API and runner
+    m = np.load(tmp_path / "out" / "maps" / "IMG_1.npy")
+    assert m.shape == (768, 1024) and m.dtype == np.float32
+    assert float(m.sum()) == pytest.approx(rec["count"], rel=1e-4, abs=1e-3)
+    ov = cv2.imread(str(tmp_path / "out" / "overlays" / "IMG_1.png"))
+    assert ov.shape == (300, 400, 3)
+    pts = np.loadtxt(tmp_path / "out" / "points" / "IMG_1.csv", delimiter=",", skiprows=1, ndmin=2)
+    assert len(pts) == rec["num_points"] and (pts[:, 0] < 1024).all() and (pts[:, 1] < 768).all()
+    assert pts[:, 0].max() > 400 or pts[:, 1].max() > 300 or len(pts) == 0  # file pixels, not overlay pixels
+
+
+def _video(path: Path, frames: int) -> Path:
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        wr.write(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    wr.release()
+    return path
+
+
+def test_predict_progress_bar_names_each_stage(tmp_path, monkeypatch, one_thread):
+    from test_predict import make_checkpoint
+
+    photo = _real_photo("part_B", "IMG_1.jpg")
+    ck = make_checkpoint(tmp_path / "m.pt", "regression")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    base = [sys.executable, "-m", "autoscale", "predict", "--checkpoint", str(ck), "--max-side", "128"]
+    on = subprocess.run(base + [str(photo), "--out", str(tmp_path / "a"), "--progress", "on"],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert on.returncode == 0, on.stderr
+    shown = on.stderr.replace("\r", "\n")
+    for stage in ("reading IMG_1.jpg", "counting IMG_1", "writing IMG_1", "1/1"):
+        assert stage in shown, (stage, shown)
+    off = subprocess.run(base + [str(photo), "--out", str(tmp_path / "b")], capture_output=True, text=True,
+                         env=env, timeout=120)  # auto: stderr is a pipe here, so no bar
+    assert off.returncode == 0 and off.stderr.strip().count("\n") == 0 and "predict:" not in off.stderr
+    # a video: the bar's total is the number of sampled frames the file states (23 frames, every 5th)
+    vid = _video(tmp_path / "v.mp4", 23)
+    v = subprocess.run(base + [str(vid), "--out", str(tmp_path / "c"), "--every", "5", "--progress", "on"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert v.returncode == 0, v.stderr
+    assert "5/5" in v.stderr.replace("\r", "\n")
+
+
+def test_bounded_heap(monkeypatch):
+    from autoscale.runner import bounded_heap
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert bounded_heap() is False  # the user's explicit setting wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    import platform
+
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("mallopt is glibc's")
+    # run in a child: the setting is process-wide; big blocks freed go back to the system
+    child = ("import ctypes, numpy as np, re\n"
+             "from autoscale.runner import bounded_heap\n"
+             "def rss():\n"
+             "    return int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+             "assert bounded_heap()\n"
+             "a = [np.ones(300_000, dtype=np.uint8) for _ in range(300)]\n"  # 300 blocks of 300 KB
+             "before = rss(); del a; after = rss()\n"
+             "print(before - after)\n")
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60, check=True)
+    assert int(out.stdout) > 60_000  # KiB: most of the ~88 MiB went back at once

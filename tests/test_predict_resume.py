@@ -91,11 +91,11 @@ class CrashingPredictor(Predictor):
     crash_at: int | None = None
     calls = 0
 
-    def predict_array(self, rgb, name=""):
+    def predict_array(self, rgb, name="", **kw):
         self.calls += 1
         if self.crash_at is not None and self.calls >= self.crash_at:
             raise Crash(name)
-        return super().predict_array(rgb, name)
+        return super().predict_array(rgb, name, **kw)
 
 
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_outputs(tmp_path, ckpt, folder, reference, one_thread):

@@ -60,11 +60,11 @@ def test_streamed_crash_keeps_journal_in_order_and_resume_matches(tmp_path, phot
     class Crashing(Predictor):
         calls = 0
 
-        def predict_array(self, rgb, name=""):
+        def predict_array(self, rgb, name="", **kw):
             self.calls += 1
             if self.calls == 4:
                 raise Crash(name)
-            return super().predict_array(rgb, name)
+            return super().predict_array(rgb, name, **kw)
 
     ref = predict_paths(Predictor.from_checkpoint(ck, max_side=192), photos, tmp_path / "ref", prefetch=0,
                         log=lambda m: None)

@@ -240,9 +240,9 @@ class GatedPredictor(Predictor):
 
     gate: threading.Event
 
-    def predict_array(self, rgb, name=""):
+    def predict_array(self, rgb, name="", **kw):
         assert self.gate.wait(60)
-        return super().predict_array(rgb, name)
+        return super().predict_array(rgb, name, **kw)
 
 
 def test_full_queue_answers_503_with_retry_after(ckpts, photos):
@@ -273,7 +273,7 @@ def test_full_queue_answers_503_with_retry_after(ckpts, photos):
 
 
 class BrokenPredictor(Predictor):
-    def predict_array(self, rgb, name=""):
+    def predict_array(self, rgb, name="", **kw):
         raise RuntimeError("simulated fault in the network at /secret/server/path")
 
 

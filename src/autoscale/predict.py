@@ -25,6 +25,14 @@ Conventions of a :class:`Prediction`:
   uniformly. ``max_side=None`` disables the rule. :meth:`Predictor.from_checkpoint` defaults to
   ``max_side="auto"``: the longer-side cap the model was trained at (its config's resize rule,
   e.g. 512 px for the ``*_lite0`` ShanghaiTech B presets), else 2048.
+* **Big files.** An image given by *path* whose longer side exceeds :data:`READ_SIDE` (4096 px) and
+  ``max_side`` is never decoded at full resolution: :meth:`Predictor.read` decodes it straight to
+  a longer side of ``max(READ_SIDE, max_side)`` (JPEG: the decoder's 1/2-1/8 reduction, then an
+  exact area average; :func:`autoscale.data.image_io.read_image` ``size=``), and the large-image
+  rule then takes that to the network size. Geometry is unchanged (factors relative to the
+  file's own size); pixels differ from a full decode by about one grey level. A 12000 x 8000
+  JPEG then costs ~0.1 GiB to decode instead of ~0.3 GiB (plus Pillow's own buffer), and the
+  runner's prefetch of big photos stays small. Maps still come back at the file's resolution.
 * ``map``: density (float32, people per pixel) for regression checkpoints, distance-class map
   (uint8, 0 = at a head ... 10 = background) for localization checkpoints, at the input resolution;
   dense regions show their second-pass re-prediction resized into the box (paper Sec. 4.4).
@@ -68,7 +76,7 @@ import cv2
 import numpy as np
 import torch
 
-from autoscale.data.image_io import read_image, to_rgb_array
+from autoscale.data.image_io import image_size, read_image, to_rgb_array
 from autoscale.device import cpu_has_native_bf16, resolve_device
 from autoscale.data.preprocess import ResizeRule
 from autoscale.errors import AutoScaleError, CheckpointError, ConfigError, DataError
@@ -259,6 +267,11 @@ def trained_max_side(ckpt: dict[str, Any]) -> int | None:
     return rule.max_long if rule is not None else None
 
 
+#: Path inputs with a longer side above this (and above ``max_side``) are decoded reduced to it
+#: (module docstring, "Big files").
+READ_SIDE = 4096
+
+
 def resize_for_inference(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float, float]:
     """Apply the large-image rule (module docstring): ``(image', sx, sy)`` with ``sx = W'/W``."""
     if not max_side:
@@ -410,13 +423,44 @@ class Predictor:
 
     def __call__(self, image: Any, name: str | None = None) -> Prediction:
         """Count one image: a path, a PIL image or a ``uint8`` ``(H, W)`` / ``(H, W, 3|4)`` array."""
+        if isinstance(image, (str, PathLike)):
+            rgb, size = self.read(image)
+            return self.predict_array(rgb, name=Path(image).stem if name is None else name, input_size=size)
         rgb, default_name = _as_rgb(image)
         return self.predict_array(rgb, name=default_name if name is None else name)
 
-    def predict_array(self, rgb: np.ndarray, name: str = "") -> Prediction:
-        """Count a decoded ``uint8 (H, W, 3)`` RGB image (the large-image rule applies)."""
-        H, W = rgb.shape[:2]
-        small, sx, sy = resize_for_inference(rgb, self.max_side)
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(H', W')`` the network sees for an input of ``height x width`` pixels (large-image rule)."""
+        if not self.max_side:
+            return int(height), int(width)
+        w, h = ResizeRule("max_side", max_long=self.max_side).output_size(int(width), int(height))
+        return h, w
+
+    def read(self, path: str | PathLike[str]) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decode an image file (EXIF orientation applied) for :meth:`predict_array`:
+        ``(rgb, (H, W))`` with ``(H, W)`` the image's own size; ``rgb`` is at that size, or reduced
+        to a longer side of ``max(READ_SIDE, max_side)`` for a bigger image (module docstring,
+        "Big files"). Raises :class:`DataError` (one line) for unreadable files."""
+        W, H = image_size(path, exif=True)
+        cap = None if not self.max_side else max(READ_SIDE, self.max_side)
+        if cap is None or max(W, H) <= cap:
+            return read_image(path, exif=True), (H, W)
+        size = ResizeRule("max_side", max_long=cap).output_size(W, H)
+        return read_image(path, exif=True, size=size), (H, W)
+
+    def predict_array(self, rgb: np.ndarray, name: str = "", *,
+                      input_size: tuple[int, int] | None = None) -> Prediction:
+        """Count a decoded ``uint8 (h, w, 3)`` RGB image (the large-image rule applies).
+
+        ``input_size``: ``(H, W)`` of the image ``rgb`` was reduced from (:meth:`read`); outputs
+        then refer to that size. None: ``rgb``'s own size."""
+        H, W = input_size if input_size is not None else rgb.shape[:2]
+        if (H, W) == rgb.shape[:2]:
+            small, sx, sy = resize_for_inference(rgb, self.max_side)
+        else:
+            h, w = self.network_size(H, W)
+            small = rgb if rgb.shape[:2] == (h, w) else cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+            sx, sy = w / W, h / H
         res = self.run_network_frame(small)
         inv = np.array([1.0 / sx, 1.0 / sy])
         if res.points is not None and self.points_mode != "none":

@@ -9,7 +9,9 @@ Output layout (``DIR``)::
     counts.json           per-image counts, regions, settings, "errors" (written last)
     maps/<name>.npy       map at the input resolution
     points/<name>.csv     x,y head points, input-image pixels
-    overlays/<name>.png   heatmap + dense-region box + points with KNN boxes
+    overlays/<name>.png   heatmap + dense-region box + points with KNN boxes, at the input
+                          resolution (at most READ_SIDE = 4096 px on the longer side for a
+                          bigger photo: the resolution it was decoded at, see Predictor.read)
     nwpu_counts.txt       "id count" (with nwpu=True; id = numeric file stem)
     nwpu_loc.txt          "id num x y ..." (with nwpu=True; integer coordinates, floor)
     progress.jsonl        the run's header, then one line per counted image (what resume reads)
@@ -60,7 +62,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from autoscale.data.formats import natural_key  # noqa: E402
-from autoscale.data.image_io import check_pixels, read_image  # noqa: E402
+from autoscale.data.image_io import check_pixels  # noqa: E402
 from autoscale.errors import ConfigError, DataError  # noqa: E402
 from autoscale.io import IMAGE_EXTS, VIDEO_EXTS, atomic_path, atomic_write_bytes  # noqa: E402
 
@@ -78,11 +80,56 @@ _TMP_NAME = re.compile(r"^\..+\.tmp$")  # what autoscale.io's atomic writes leav
 
 
 # ---------------------------------------------------------------------------------- writers
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    """``arr`` as the bytes of a ``.npy`` file."""
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
+def _write_npy(path: Path, arr: np.ndarray, what: str) -> None:
+    """``arr`` as a ``.npy`` file, written atomically and streamed (no in-memory copy: a map of
+    a 96 MP photo is 384 MB)."""
+    with atomic_path(path, what) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+
+
+def bounded_heap() -> bool:
+    """Make glibc return freed large blocks to the system (``mallopt(M_MMAP_THRESHOLD, 128 KiB)``):
+    by default the threshold rises after the first large free and blocks below it stay in the
+    heap, so a long video's peak memory crept up with its length (benchmarks/results/memory.md).
+    A process-wide setting for the ``autoscale predict`` command; an explicit
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment wins. Returns whether it was applied."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD = -3 (glibc malloc.h)
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+
+
+class _Progress:
+    """A tqdm bar over counted images and video frames on stderr (``enabled``), or nothing."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True)
+
+    def stage(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def add_total(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total += n
+            self.bar.refresh()
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _points_csv(points: np.ndarray) -> bytes:
@@ -294,11 +341,14 @@ def _open_video(path: Path) -> cv2.VideoCapture:
 
 
 def _video_frames(path: Path, every_n_frames: int | None, fps: float | None,
-                  skip: Callable[[int], bool] | None = None) -> Iterator[tuple[int, np.ndarray | None]]:
+                  skip: Callable[[int], bool] | None = None,
+                  expect: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray | None]]:
     """Sampled ``(frame index, RGB frame)``: every ``every_n_frames``-th frame (default 1), or
     ``fps`` frames per second (step ``max(1, round(video_fps / fps))``; step 1 when the file states
     no frame rate). Frame 0 is always the first sample. A sampled frame for which ``skip(index)``
-    is true is passed over without decoding and comes as ``(index, None)``."""
+    is true is passed over without decoding and comes as ``(index, None)``. ``expect`` is told the
+    number of samples the file's stated frame count promises (0 when it states none). Frames are
+    decoded one at a time: memory does not grow with the video's length."""
     cap = _open_video(path)
     try:
         if fps is not None:
@@ -306,6 +356,9 @@ def _video_frames(path: Path, every_n_frames: int | None, fps: float | None,
             step = max(1, round(native / fps)) if native > 0 else 1
         else:
             step = int(every_n_frames or 1)
+        if expect is not None:
+            stated = int(max(0.0, cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0))
+            expect(-(-stated // step))
         idx = 0
         while True:
             if idx % step == 0 and not (skip is not None and skip(idx)):
@@ -340,6 +393,7 @@ def predict_paths(
     resume: bool = False,
     log: Callable[[str], None] | None = None,
     prefetch: int = 3,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Count images, folders and videos and write the output layout of the module docstring.
 
@@ -354,7 +408,11 @@ def predict_paths(
     while the network runs, and each image's files and journal line are written by one writer
     thread (at most 2 images pending), in input order, so outputs, journal and counts are
     identical to the sequential run (``prefetch=0``: no threads). Memory stays bounded by
-    ``prefetch`` decoded images + 2 pending outputs.
+    ``prefetch`` decoded images + 2 pending outputs; a photo above
+    :data:`autoscale.predict.READ_SIDE` is decoded reduced (:meth:`Predictor.read`).
+
+    ``progress``: a progress bar on stderr over images and sampled video frames, naming the image
+    being read, counted or written (the CLI's ``--progress``).
 
     Returns:
         The counts.json content. Raises :class:`DataError` for a missing input, an unwritable
@@ -468,15 +526,17 @@ def predict_paths(
         while pool is not None and ahead < len(items) and ahead <= i + prefetch:
             kind, path = items[ahead]
             if kind == "image" and str(path) not in done_sources:
-                reads[ahead] = pool.submit(read_image, path, exif=True)
+                reads[ahead] = pool.submit(predictor.read, path)
             ahead += 1
 
-    def load(i: int, path: Path) -> np.ndarray:
+    def load(i: int, path: Path) -> tuple[np.ndarray, tuple[int, int]]:
         fut = reads.pop(i, None)
-        return fut.result() if fut is not None else read_image(path, exif=True)
+        return fut.result() if fut is not None else predictor.read(path)
 
-    def process(rgb: np.ndarray, name: str, source: str) -> None:
-        pred = predictor.predict_array(rgb, name=name)
+    def process(rgb: np.ndarray, name: str, source: str, input_size: tuple[int, int] | None = None) -> None:
+        bar.stage(f"counting {name}")
+        pred = predictor.predict_array(rgb, name=name, input_size=input_size)
+        bar.stage(f"writing {name}")
         prepare()
         if writer is None:
             write(rgb, pred, name, source)
@@ -485,6 +545,7 @@ def predict_paths(
                 writes.popleft().result()  # a failed write raises here
             writes.append(writer.submit(write, rgb, pred, name, source))
         add(_record(pred, name, source), pred.points)
+        bar.advance()
 
     def _record(pred: Any, name: str, source: str) -> dict[str, Any]:
         return {"image": name, "source": source, "count": pred.count, "first_count": pred.first_count,
@@ -506,12 +567,18 @@ def predict_paths(
 
     def write_files(rgb: np.ndarray, pred: Any, name: str, source: str) -> None:
         if save_maps:
-            atomic_write_bytes(out / "maps" / f"{name}.npy", _npy_bytes(pred.map), "map")
+            _write_npy(out / "maps" / f"{name}.npy", pred.map, "map")
         atomic_write_bytes(out / "points" / f"{name}.csv", _points_csv(pred.points), "points file")
         if overlays:
             from autoscale.viz import draw_overlay
 
-            ov = draw_overlay(rgb, pred.map, variant=predictor.variant, regions=pred.regions, points=pred.points)
+            (H, W), (h, w) = pred.input_size, rgb.shape[:2]
+            points, regions = pred.points, pred.regions
+            if (h, w) != (H, W):  # a big photo decoded reduced: draw in the decoded image's pixels
+                f = np.array([w / W, h / H])
+                points = pred.points * f
+                regions = [dict(r, x=r["x"] * f[0], y=r["y"] * f[1], w=r["w"] * f[0], h=r["h"] * f[1]) for r in regions]
+            ov = draw_overlay(rgb, pred.map, variant=predictor.variant, regions=regions, points=points)
             ok, buf = cv2.imencode(".png", cv2.cvtColor(ov, cv2.COLOR_RGB2BGR))
             if not ok:  # pragma: no cover
                 raise DataError(out / "overlays" / f"{name}.png", "PNG encoding failed")
@@ -531,6 +598,7 @@ def predict_paths(
         if first is not None and not raising:
             raise first
 
+    bar = _Progress(progress, sum(kind == "image" for kind, _ in items))
     try:
         for i, (kind, path) in enumerate(items):
             read_ahead(i)
@@ -542,10 +610,12 @@ def predict_paths(
                     return finished(peek(f"{stem}_f{idx:06d}"), f"{path}#frame={idx}") is not None
 
                 try:
-                    for idx, frame in _video_frames(path, every_n_frames, fps, skip=frame_done if done else None):
+                    for idx, frame in _video_frames(path, every_n_frames, fps, skip=frame_done if done else None,
+                                                    expect=bar.add_total):
                         name, source = unique(f"{stem}_f{idx:06d}"), f"{path}#frame={idx}"
                         if frame is None:
                             replay(done[name])
+                            bar.advance()
                         else:
                             process(frame, name, source)
                 except DataError as exc:
@@ -561,15 +631,18 @@ def predict_paths(
             if rec is not None:
                 replay(rec)
                 used.add(name)
+                bar.advance()
                 continue
+            bar.stage(f"reading {path.name}")
             try:
-                rgb = load(i, path)
+                rgb, size = load(i, path)
             except DataError as exc:
                 if len(items) == 1:
                     raise
                 skipped(path, exc.problem, str(exc))
+                bar.advance()
                 continue
-            process(rgb, unique(path.stem), str(path))
+            process(rgb, unique(path.stem), str(path), size)
 
         if not records:
             if len(failures) == 1:
@@ -584,6 +657,7 @@ def predict_paths(
         drain(raising=True)
         raise
     finally:
+        bar.close()
         for fut in reads.values():
             fut.cancel()
         for ex in (pool, writer):

@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run into the same --out: skip the images it already counted "
                         "(listed in OUT/progress.jsonl); refused when that run used another checkpoint or options")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="progress bar on stderr over images and video frames, naming the image being read, "
+                        "counted or written: 'auto' (default: when stderr is a terminal), 'on', 'off'")
     p.set_defaults(func=run)
 
 
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from autoscale.errors import DataError
     from autoscale.predict import Predictor
-    from autoscale.runner import predict_paths
+    from autoscale.runner import bounded_heap, predict_paths
 
     if not Path(args.input).exists():
         raise DataError(args.input, "input not found")
@@ -71,11 +74,14 @@ def run(args: argparse.Namespace) -> int:
     if args.bf16 and args.precision not in (None, "bf16"):
         raise ConfigError(f"--bf16 contradicts --precision {args.precision}")
     precision = "bf16" if args.bf16 else (args.precision or "auto")
+    bounded_heap()  # a long video's peak memory does not grow with its length
+    progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     predictor = Predictor.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
                                           single_pass=args.single_pass, precision=precision, max_side=args.max_side,
                                           points=args.points, engine=args.engine)
     summary = predict_paths(predictor, args.input, args.out, every_n_frames=args.every, fps=args.fps,
-                            nwpu=args.nwpu, overlays=not args.no_overlays, resume=args.resume)
+                            nwpu=args.nwpu, overlays=not args.no_overlays, resume=args.resume,
+                            progress=progress)
     n, errs = summary["num_images"], len(summary["errors"])
     print(f"{n} image(s), total count {summary['total_count']:.2f} -> {args.out}/counts.csv"
           + (f"; {errs} problem(s) reported in counts.json" if errs else ""), file=sys.stderr)
