@@ -1,5 +1,6 @@
 """CLI start-up: commands that run no network never import torch (checked in a fresh interpreter
-through ``sys.modules``); the command list shows every command without importing any of them."""
+through ``sys.modules``); the command list shows every command without importing any of them (the
+shared argument types, ``autoscale.cli.argtypes``, are light and allowed)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ try:
 except SystemExit as exc:
     rc = exc.code
 mods = [m for m in ("torch", "autoscale.models", "autoscale.pipeline") if m in sys.modules]
-cli = sorted(m for m in sys.modules if m.startswith("autoscale.cli."))
+cli = sorted(m for m in sys.modules if m.startswith("autoscale.cli.") and m != "autoscale.cli.argtypes")
 print(json.dumps({"rc": rc, "modules": mods, "cli": cli}), file=sys.stderr)
 """
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from autoscale import __version__
+from autoscale.cli.argtypes import max_pixels as _max_pixels
 from autoscale.errors import AutoScaleError
 
 @dataclass(frozen=True)
@@ -60,18 +61,6 @@ GROUP_HELP = {"data": "dataset tools: statistics, synthetic crowds, ground-truth
 
 #: Commands that decode images (or read their headers): they take ``--max-pixels``.
 IMAGE_COMMANDS = ("predict", "evaluate", "train", "data stats", "data targets")
-
-
-def _max_pixels(value: str) -> str:
-    if value.strip().lower() == "none":
-        return "none"
-    try:
-        n = int(value.replace("_", ""))
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'none', got {value!r}")
-    return str(n)
 
 
 def _invoked(argv: list[str]) -> str | None:

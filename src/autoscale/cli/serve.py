@@ -9,36 +9,17 @@ from __future__ import annotations
 import argparse
 import os
 
+from autoscale.cli.argtypes import max_pixels as _max_pixels
 from autoscale.cli.argtypes import max_side as _max_side
+from autoscale.cli.argtypes import megabytes as _megabytes
+from autoscale.cli.argtypes import port as _port
 from autoscale.cli.argtypes import positive_int as _positive_int
 
 TOKEN_ENV = "AUTOSCALE_TOKEN"
 
 
-def _port(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        i = -1
-    if not 0 <= i <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {v!r}")
-    return i
-
-
-def _megabytes(v: str) -> float:
-    try:
-        f = float(v)
-    except ValueError:
-        f = float("nan")
-    if not (f > 0 and f <= 4096):
-        raise argparse.ArgumentTypeError(f"expected a size in MiB between 0 and 4096, got {v!r}")
-    return f
-
-
 def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     """Add the ``serve`` command."""
-    from autoscale.cli import _max_pixels
-
     p = subparsers.add_parser(
         "serve", help=summary,
         description="Serve a web page (/) and an HTTP API (POST /v1/count, GET /v1/model, GET /healthz, "

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoscale.models.counter import DensityCounter, build_counter
-from autoscale.models.csrnet import BACKEND, make_backend
+from autoscale.models.csrnet import BACKEND, make_backend, vgg_front_end
 from autoscale.models.fpn import VGG_BACKBONES
 from autoscale.models.registry import CounterSpec, Weights, register_model
-from autoscale.models.vgg import VGGFeatures, scaled
+from autoscale.models.vgg import scaled
 
 __all__ = ["CAN", "CONTEXT_SCALES", "ContextualModule", "can_regression"]
 
@@ -73,10 +73,8 @@ class CAN(DensityCounter):
 
     def __init__(self, backbone: str = "vgg16", width: float = 1.0):
         super().__init__()
-        if backbone not in VGG_BACKBONES:
-            raise ValueError(f"CAN's front end is a VGG: backbone must be one of {VGG_BACKBONES}, got {backbone!r}")
         self.width = float(width)
-        self.backbone = VGGFeatures(backbone, width, stages=4)
+        self.backbone = vgg_front_end("CAN", backbone, width)
         c = self.backbone.channels
         self.context = ContextualModule(c, c)
         self.backend = make_backend(c, width, batch_norm=True)

@@ -27,7 +27,7 @@ from autoscale.models.fpn import VGG_BACKBONES
 from autoscale.models.registry import CounterSpec, Weights, register_model
 from autoscale.models.vgg import VGGFeatures, scaled
 
-__all__ = ["BACKEND", "CSRNet", "csrnet_regression", "make_backend"]
+__all__ = ["BACKEND", "CSRNet", "csrnet_regression", "make_backend", "vgg_front_end"]
 
 #: the dilated back end of configuration B (CSRNet paper Table 3): channels, all 3x3, dilation 2.
 BACKEND = (512, 512, 512, 256, 128, 64)
@@ -48,6 +48,14 @@ def make_backend(in_channels: int, width: float, *, channels: tuple[int, ...] = 
     return nn.Sequential(*layers)
 
 
+def vgg_front_end(model: str, backbone: str, width: float) -> VGGFeatures:
+    """The first 10 convolutions of a VGG (4 stages, stride 8), the front end that CSRNet, CAN and
+    SFCN share; ``model`` names the counter in the error for a backbone that is not a VGG."""
+    if backbone not in VGG_BACKBONES:
+        raise ValueError(f"{model}'s front end is a VGG: backbone must be one of {VGG_BACKBONES}, got {backbone!r}")
+    return VGGFeatures(backbone, width, stages=4)
+
+
 class CSRNet(DensityCounter):
     """CSRNet configuration B (module docstring): density at stride 8, people per 8x8 cell."""
 
@@ -57,10 +65,8 @@ class CSRNet(DensityCounter):
 
     def __init__(self, backbone: str = "vgg16", width: float = 1.0):
         super().__init__()
-        if backbone not in VGG_BACKBONES:
-            raise ValueError(f"CSRNet's front end is a VGG: backbone must be one of {VGG_BACKBONES}, got {backbone!r}")
         self.width = float(width)
-        self.backbone = VGGFeatures(backbone, width, stages=4)
+        self.backbone = vgg_front_end("CSRNet", backbone, width)
         self.backend = make_backend(self.backbone.channels, width)
         self.feature_channels = scaled(BACKEND[-1], width)
         self.output_layer = nn.Conv2d(self.feature_channels, 1, 1)

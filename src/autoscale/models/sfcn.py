@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from autoscale.models.counter import DensityCounter, build_counter
-from autoscale.models.csrnet import BACKEND, make_backend
+from autoscale.models.csrnet import BACKEND, make_backend, vgg_front_end
 from autoscale.models.fpn import VGG_BACKBONES
 from autoscale.models.registry import CounterSpec, Weights, register_model
-from autoscale.models.vgg import VGGFeatures, scaled
+from autoscale.models.vgg import scaled
 
 __all__ = ["SFCN", "SliceConv", "sfcn_regression"]
 
@@ -78,10 +78,8 @@ class SFCN(DensityCounter):
 
     def __init__(self, backbone: str = "vgg16", width: float = 1.0):
         super().__init__()
-        if backbone not in VGG_BACKBONES:
-            raise ValueError(f"this SFCN's front end is a VGG: backbone must be one of {VGG_BACKBONES}, got {backbone!r}")
         self.width = float(width)
-        self.backbone = VGGFeatures(backbone, width, stages=4)
+        self.backbone = vgg_front_end("this SFCN", backbone, width)
         self.backend = make_backend(self.backbone.channels, width)
         c = scaled(BACKEND[-1], width)
         self.convDU = SliceConv(c, dim=2)
