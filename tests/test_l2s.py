@@ -193,3 +193,68 @@ def test_fixed_scale():
     assert f.predict_scale(torch.randn(1, 4, 9, 9), (0, 0, 3, 3)).tolist() == [2.5]
     with pytest.raises(ValueError):
         FixedScale(0)
+
+
+# -- lazily computed FPN features (return_features="lazy") -----------------------------------------
+def _boxes(H, W, n, seed):
+    rng = np.random.default_rng(seed)
+    out = [(0, 0, W, H), (0, 0, 1, 1), (W - 1, H - 1, 1, 1), (0, H - 1, W, 1), (W - 1, 0, 1, H)]
+    for _ in range(n):
+        w, h = int(rng.integers(1, W + 1)), int(rng.integers(1, H + 1))
+        out.append((int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1)), w, h))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["regression", "localization"])
+@pytest.mark.parametrize("size", [(37, 53), (64, 96), (101, 77)])
+def test_lazy_features_equal_full_features_lite(variant, size):
+    """The region of the native-resolution levels equals the slice of the full-resolution feature
+    (the old path, computed here): bit for bit under bf16 autocast (the inference default), to
+    float32 rounding in fp32 (the fp32 bilinear kernel's vectorisation differs in a window), and
+    so does roi_features."""
+    from autoscale.models.fpn import LazyFeatures, LocalizationFPN, RegressionFPN
+
+    torch.manual_seed(0)
+    m = (RegressionFPN if variant == "regression" else LocalizationFPN)("efficientnet_lite0", width=0.25).eval()
+    x = torch.randn(1, 3, *size)
+    H, W = size
+    for bf16, cl in [(True, True), (True, False), (False, False), (False, True)]:
+        mm = m.to(memory_format=torch.channels_last) if cl else m
+        xx = x.contiguous(memory_format=torch.channels_last) if cl else x
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            full = mm(xx, return_features=True).features
+            out = mm(xx, return_features="lazy")
+        lazy = out.features
+        assert isinstance(lazy, LazyFeatures) and lazy.shape == full.shape and lazy.dtype == full.dtype
+        assert torch.equal(lazy.full(), full)  # taken outside the autocast context: the recorded state
+        for box in _boxes(H, W, 15, seed=size[0]):
+            x0, y0, w, h = box
+            ref, ref_pool = full[..., y0:y0 + h, x0:x0 + w], roi_features(full, box)
+            got, got_pool = lazy.crop(box), roi_features(lazy, box)
+            if bf16:
+                assert torch.equal(got, ref), box
+                assert torch.equal(got_pool, ref_pool), box
+            else:
+                torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6 * float(full.abs().max()))
+                torch.testing.assert_close(got_pool, ref_pool, rtol=1e-5, atol=1e-6 * float(full.abs().max()))
+    with pytest.raises(ValueError, match="outside"):
+        roi_features(lazy, (W - 2, 0, 3, 1))
+
+
+def test_lazy_features_vgg_and_detach():
+    """VGG FPNs (align_corners=True maps) crop the full map: identical; detach drops the graph."""
+    from autoscale.models.fpn import LocalizationFPN, RegressionFPN
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 40, 52)
+    for cls in (RegressionFPN, LocalizationFPN):
+        m = cls("vgg16", width=0.125).eval()
+        with torch.no_grad():
+            full = m(x, return_features=True).features
+            lazy = m(x, return_features="lazy").features
+        for box in _boxes(40, 52, 5, seed=1):
+            assert torch.equal(roi_features(lazy, box), roi_features(full, box))
+    m = RegressionFPN("efficientnet_lite0", width=0.25).train()
+    lazy = m(x, return_features="lazy").features
+    assert lazy.maps[0].requires_grad and not any(t.requires_grad for t in lazy.detach().maps)
+    assert not roi_features(lazy.detach(), (3, 4, 20, 30)).requires_grad

@@ -205,3 +205,71 @@ def test_divided_kernel_refines_the_region_at_its_own_size():
     # Not zoomed: the re-prediction of the 20 x 30 block equals its first-pass count.
     assert res.regions[0].zoomed_map.shape == (20, 30)
     assert res.count == pytest.approx(res.first_count, rel=1e-6)
+
+
+class _FullFeatures(nn.Module):
+    """The old path: the counter asked for its full-resolution L2S feature (never "lazy")."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.inner = counter
+        self.feature_channels = counter.feature_channels
+
+    def forward(self, x, return_features=False):
+        return self.inner(x, return_features=bool(return_features))
+
+
+def _lite(variant: str) -> AutoScale:
+    torch.manual_seed(0)
+    fpn = get_model(f"fpn_{variant}", backbone="efficientnet_lite0", width=0.25)
+    l2s = get_model(f"l2s_{variant}", in_channels=fpn.feature_channels)
+    cfg = PipelineConfig(variant=variant, zoom="stn", sigma=2.0, area_ratio=0.0, region_from="target",
+                         dense_k=0.5, class_threshold=11)
+    return AutoScale(fpn, l2s, cfg)
+
+
+@pytest.mark.parametrize("variant", ["regression", "localization"])
+def test_predict_with_lazy_features_equals_full_features(variant):
+    """predict reads the L2S feature lazily (only the dense region's pixels): under bf16 autocast
+    + channels_last (the CPU inference default) every output is bit-identical to the old full
+    feature; in fp32 the scale agrees to float32 rounding."""
+    model = _lite(variant).eval()
+    old = AutoScale(_FullFeatures(model.counter), model.l2s, model.config)
+    img = torch.from_numpy(np.random.default_rng(5).normal(size=(1, 3, 61, 83)).astype(np.float32))
+    for bf16 in (True, False):
+        m, o, x = model, old, img
+        if bf16:
+            m, o = model.to(memory_format=torch.channels_last), old.to(memory_format=torch.channels_last)
+            x = img.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            got, ref = m.predict(x), o.predict(x)
+        assert ref.regions, "the test needs a refined region"
+        assert [r.region for r in got.regions] == [r.region for r in ref.regions]
+        if bf16:
+            assert [r.scale for r in got.regions] == [r.scale for r in ref.regions]
+            assert got.count == ref.count and np.array_equal(got.map, ref.map)
+        else:
+            assert [r.scale for r in got.regions] == pytest.approx([r.scale for r in ref.regions], rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["regression", "localization"])
+def test_joint_loss_with_lazy_features_equals_full_features(variant):
+    """Training reads the detached L2S feature lazily: the same losses and gradients as the
+    full-resolution feature (to float32 rounding of the region's bilinear upsampling)."""
+    model = _lite(variant).train()
+    old = AutoScale(_FullFeatures(model.counter), model.l2s, model.config)
+    img, pts, target = _example(variant, model.config)
+    grads = []
+    for m in (model, old):
+        m.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        bd = joint_loss(m, img, pts, target, CenterLoss())
+        bd.total.backward()
+        grads.append((bd, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = grads
+    assert a.region == b.region and a.region is not None
+    assert a.scale == pytest.approx(b.scale, rel=1e-5)
+    assert float(a.total) == pytest.approx(float(b.total), rel=1e-5)
+    assert ga.keys() == gb.keys() and any(n.startswith("l2s.") for n in ga)
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], rtol=1e-3, atol=1e-6 * max(1.0, float(gb[n].abs().max())))

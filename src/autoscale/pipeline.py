@@ -235,7 +235,9 @@ class AutoScale(nn.Module):
         cfg = self.config
         if image.ndim != 4 or image.shape[0] != 1:
             raise ValueError(f"predict expects one image of shape (1, 3, H, W), got {tuple(image.shape)}")
-        out = self.counter(image, return_features=not single_pass)
+        # "lazy": an FPN keeps its L2S feature at the levels' native resolution and computes only
+        # the dense region's pixels (same values); other counters take it as True.
+        out = self.counter(image, return_features=False if single_pass else "lazy")
         first_count, first_map, first_pts = _map_count(cfg.variant, out.final, cfg)
         result = PipelineResult(count=first_count, first_count=first_count, first_map=first_map,
                                 map=first_map.copy(), points=first_pts)
@@ -349,7 +351,7 @@ def joint_loss(model: AutoScale, image: torch.Tensor, points: np.ndarray, target
     points inside it; the zoomed region's target is regenerated from the scaled points.
     """
     cfg = model.config
-    out = model.counter(image, return_features=refine)
+    out = model.counter(image, return_features="lazy" if refine else False)
     l_first = pixel_loss(cfg.variant, out, target, cfg, reduction, points=points)
     bd = LossBreakdown(total=l_first, first=float(l_first.detach()))
     if not refine:

@@ -30,6 +30,11 @@ heads have an ``up5`` too); their TF-"SAME" maps are corner-aligned: no input pa
 map of size n is upsampled to n*s (bilinear, align_corners=False) and cropped to ``[:H, :W]``.
 (The transposed-conv merges' centre crop of 2n+2 to ceil-halved sizes is offset 1 either way.)
 
+``forward(x, return_features="lazy")`` returns the L2S feature as a :class:`LazyFeatures`: the
+levels at their native resolution, of which :func:`autoscale.models.l2s.roi_features` upsamples
+only the dense region (the pipeline's inference and training use it; ``True`` still gives the
+full-resolution tensor).
+
 Inputs are normalised with :attr:`_FPNBase.normalization` (the backbone's ImageNet (mean, std)).
 ``width`` scales every channel count (backbone and laterals; ``max(1, round(c * width))``) for
 narrow test models; only ``width=1`` with VGG16 matches the authors' checkpoints.
@@ -57,7 +62,7 @@ from autoscale.models.vgg import (
     scaled,
 )
 
-__all__ = ["BACKBONES", "FPNOutput", "LocalizationFPN", "RegressionFPN", "VGGBackbone", "center_crop"]
+__all__ = ["BACKBONES", "FPNOutput", "LazyFeatures", "LocalizationFPN", "RegressionFPN", "VGGBackbone", "center_crop"]
 
 #: backbone names every FPN accepts.
 VGG_BACKBONES = ("vgg16", "vgg19")
@@ -73,8 +78,10 @@ class FPNOutput(NamedTuple):
     """regression: density ``(B, 1, H, W)`` (people per pixel); localization: logits ``(B, K, H, W)``."""
     side: list[torch.Tensor]
     """deep-supervision outputs, shallow to deep (regression d2..d5, localization d1..d5)."""
-    features: torch.Tensor | None
-    """the multi-level L2S feature ``(B, feature_channels, H, W)`` (152 ch at width 1), or None."""
+    features: "torch.Tensor | LazyFeatures | None"
+    """the multi-level L2S feature ``(B, feature_channels, H, W)`` (152 ch at width 1), or None;
+    with ``return_features="lazy"`` an FPN gives a :class:`LazyFeatures` instead (the same values,
+    computed only for the region L2S reads)."""
     output_stride: int = 1
     """the cell size ``s`` (input px) the maps were predicted at: 1 for the FPNs (per pixel); a
     stride-``s`` counter's maps (:class:`autoscale.models.counter.DensityCounter`) are constant on
@@ -106,6 +113,114 @@ def _up_corner(x: torch.Tensor, factor: int, h: int, w: int) -> torch.Tensor:
     if x.shape[-2] < h or x.shape[-1] < w:
         raise RuntimeError(f"cannot crop a {x.shape[-2]}x{x.shape[-1]} map to {h}x{w}")
     return x[..., :h, :w]
+
+
+def _power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+class LazyFeatures:
+    """The FPN's multi-level L2S feature, kept as the per-level maps at their native resolution.
+
+    ``full()`` is exactly the tensor ``forward(x, return_features=True)`` returns
+    (``(B, C, H, W)``); ``crop((x, y, w, h))`` is ``full()[..., y:y+h, x:x+w]`` computed from
+    the few rows and columns of each level that the region's pixels interpolate from, so
+    :func:`autoscale.models.l2s.roi_features` of a dense region no longer upsamples the whole
+    152-channel map to the input resolution. For the corner-aligned (EfficientNet-Lite) FPNs the
+    crop is bit-identical to slicing the full map: a power-of-two stride makes the bilinear
+    (align_corners=False) source coordinates and weights exact, the same in a window as in the
+    whole map, and the window keeps every neighbour (and the border clamp) the region's pixels
+    use. Other FPNs (VGG's align_corners=True maps) crop ``full()``.
+
+    The autocast state of the forward pass is recorded and reapplied, so the values do not depend
+    on where the crop is taken. ``detach()`` detaches the maps (L2S reads detached features).
+    """
+
+    def __init__(self, fpn: "_FPNBase", maps: list[torch.Tensor], strides: list[int], size: tuple[int, int]):
+        self._fpn = fpn
+        self.maps = maps
+        self.strides = strides
+        self.size = (int(size[0]), int(size[1]))
+        dev = maps[0].device.type
+        self._autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.maps[0].shape[0], sum(m.shape[1] for m in self.maps), *self.size))
+
+    @property
+    def device(self) -> torch.device:
+        return self.maps[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.maps[0].dtype
+
+    def detach(self) -> "LazyFeatures":
+        out = LazyFeatures.__new__(LazyFeatures)
+        out.__dict__.update(self.__dict__)
+        out.maps = [m.detach() for m in self.maps]
+        return out
+
+    def _ctx(self) -> torch.autocast:
+        dev, enabled, dtype = self._autocast
+        return torch.autocast(dev, dtype=dtype, enabled=enabled)
+
+    def full(self) -> torch.Tensor:
+        """The full-resolution feature ``(B, C, H, W)``."""
+        H, W = self.size
+        with self._ctx():
+            return torch.cat([self._fpn._feature(p, s, H, W) for p, s in zip(self.maps, self.strides)], 1)
+
+    def _level_crops(self, box: tuple[int, int, int, int]) -> list[torch.Tensor] | None:
+        x, y, w, h = (int(v) for v in box)
+        H, W = self.size
+        if w < 1 or h < 1 or x < 0 or y < 0 or x + w > W or y + h > H:
+            raise ValueError(f"region (x={x}, y={y}, w={w}, h={h}) is empty or outside the {H}x{W} map")
+        if not self._fpn.corner_aligned or not all(_power_of_two(s) for s in self.strides):
+            return None
+        return [_window_up_corner(p, s, (y, h), (x, w)) for p, s in zip(self.maps, self.strides)]
+
+    def crop(self, box: tuple[int, int, int, int]) -> torch.Tensor:
+        """``full()[..., y:y+h, x:x+w]`` for an integer region ``(x, y, w, h)`` inside the map."""
+        with self._ctx():
+            crops = self._level_crops(box)
+            if crops is None:
+                x, y, w, h = (int(v) for v in box)
+                return self.full()[..., y:y + h, x:x + w]
+            return torch.cat(crops, 1)
+
+    def pool(self, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+        """``adaptive_avg_pool2d(crop(box), size)``, pooled level by level (pooling is per channel)
+        and concatenated: the 14x14 result, without concatenating the region's full-resolution maps."""
+        with self._ctx():
+            crops = self._level_crops(box)
+            if crops is None:
+                return F.adaptive_avg_pool2d(self.crop(box), (size, size))
+            return torch.cat([F.adaptive_avg_pool2d(c, (size, size)) for c in crops], 1)
+
+
+def _source_span(start: int, length: int, stride: int, n: int) -> tuple[int, int]:
+    """The input rows ``[a, b)`` that output rows ``[start, start + length)`` of an ``n -> n * stride``
+    bilinear (align_corners=False) upsampling read: the lower neighbour ``floor(max(src, 0))`` of
+    the first row's source coordinate ``src = (i + 0.5) / stride - 0.5`` to the last row's upper one."""
+    def lower(i: int) -> int:
+        return max(0, (2 * i + 1 - stride) // (2 * stride))  # floor(max((i + 0.5) / s - 0.5, 0))
+
+    return lower(start), min(n, lower(start + length - 1) + 2)
+
+
+def _window_up_corner(p: torch.Tensor, stride: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+    """``_up_corner(p, stride, H, W)[..., y:y+h, x:x+w]`` from a window of ``p`` (``rows = (y, h)``,
+    ``cols = (x, w)``); bit-identical for a power-of-two ``stride``."""
+    (y, h), (x, w) = rows, cols
+    if stride == 1:
+        return p[..., y:y + h, x:x + w]
+    a, b = _source_span(y, h, stride, p.shape[-2])
+    c, d = _source_span(x, w, stride, p.shape[-1])
+    up = F.interpolate(p[..., a:b, c:d], size=((b - a) * stride, (d - c) * stride), mode="bilinear",
+                       align_corners=False)
+    return up[..., y - a * stride:y - a * stride + h, x - c * stride:x - c * stride + w]
 
 
 class VGGBackbone(nn.Module):
@@ -246,8 +361,11 @@ class _FPNBase(nn.Module):
     def _feature(self, p: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
         return self._side(p, stride, h, w)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> FPNOutput:
-        """``x``: ``(B, 3, H, W)`` normalised with :attr:`normalization`; outputs are ``(B, ., H, W)``."""
+    def forward(self, x: torch.Tensor, return_features: bool | str = False) -> FPNOutput:
+        """``x``: ``(B, 3, H, W)`` normalised with :attr:`normalization`; outputs are ``(B, ., H, W)``.
+
+        ``return_features``: True for the full-resolution L2S feature tensor, ``"lazy"`` for a
+        :class:`LazyFeatures` (the same values, computed only where they are read)."""
         H, W = x.shape[-2:]
         cs = self.backbone(self._input(x))
         st = self.backbone.strides
@@ -266,8 +384,10 @@ class _FPNBase(nn.Module):
         side = [self._side(getattr(self, f"dsn{k}")(F.relu(ps[5]) if k == 5 else ps[k]), st[k - 1], H, W)
                 for k in levels]
         final = self.dsn6(torch.cat(side, 1))
-        feats = None
-        if return_features:
+        feats: torch.Tensor | LazyFeatures | None = None
+        if return_features == "lazy":
+            feats = LazyFeatures(self, [ps[k] for k in levels], [st[k - 1] for k in levels], (H, W))
+        elif return_features:
             feats = torch.cat([self._feature(ps[k], st[k - 1], H, W) for k in levels], 1)
         return FPNOutput(final, side, feats)
 

@@ -64,9 +64,14 @@ def roi_features(features: torch.Tensor, box: Box, size: int = ROI_SIZE) -> torc
 
     ``features`` is ``(B, C, H, W)`` (the FPN's full-resolution multi-level feature); ``box`` is an
     integer region ``(x, y, w, h)`` in its pixels. Returns ``(B, C, size, size)``. This is the
-    authors' slice + ``adaptive_avg_pool2d`` (no ROI-Align).
+    authors' slice + ``adaptive_avg_pool2d`` (no ROI-Align). ``features`` may also be an FPN's
+    :class:`~autoscale.models.fpn.LazyFeatures` (``return_features="lazy"``): the region is then
+    computed from the native-resolution levels and pooled level by level (``pool``), with the
+    same values.
     """
     x, y, w, h = _check_box(box, *features.shape[-2:])
+    if not isinstance(features, torch.Tensor):
+        return features.pool((x, y, w, h), size)
     return F.adaptive_avg_pool2d(features[..., y:y + h, x:x + w], (size, size))
 
 
