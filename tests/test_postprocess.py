@@ -182,3 +182,61 @@ def test_count_people_max_class_drops_shallow_minima():
     assert count_people(m)[0] == 2
     n, pts = count_people(m, max_class=3)
     assert n == 1 and pts.tolist() == [[1.5, 1.5]]
+
+
+def _count_people_plateau_reference(m, background=10, exclude_background=True, max_class=None):
+    """The previous implementation: one scipy label per value level, then the plateaus with no
+    strictly lower 4-neighbour."""
+    from scipy import ndimage
+
+    four = ndimage.generate_binary_structure(2, 1)
+    labels = np.zeros(m.shape, dtype=np.int64)
+    values, n = [m.flat[0]], 0
+    for v in np.unique(m):
+        lab, k = ndimage.label(m == v, structure=four)
+        labels[lab > 0] = lab[lab > 0] + n
+        values.extend([v] * k)
+        n += k
+    values = np.asarray(values)
+    lower = np.zeros(m.shape, dtype=bool)
+    lower[1:, :] |= m[:-1, :] < m[1:, :]
+    lower[:-1, :] |= m[1:, :] < m[:-1, :]
+    lower[:, 1:] |= m[:, :-1] < m[:, 1:]
+    lower[:, :-1] |= m[:, 1:] < m[:, :-1]
+    is_min = ~(np.bincount(labels.ravel(), weights=lower.ravel(), minlength=n + 1) > 0)
+    is_min[0] = False
+    if exclude_background:
+        is_min &= values != background
+    if max_class is not None:
+        is_min &= values <= max_class
+    flat = labels.ravel()
+    rows, cols = np.divmod(np.arange(flat.size), m.shape[1])
+    cnt = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    sy = np.bincount(flat, weights=rows, minlength=n + 1)
+    sx = np.bincount(flat, weights=cols, minlength=n + 1)
+    ids = np.flatnonzero(is_min)
+    pts = np.stack([sx[ids] / cnt[ids] + 0.5, sy[ids] / cnt[ids] + 0.5], axis=1)
+    return pts[np.lexsort((pts[:, 0], pts[:, 1]))].reshape(-1, 2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_count_people_equals_plateau_labelling(seed):
+    """One connected-component pass over the candidate pixels gives bit-identical points to
+    labelling every plateau level by level (random maps, few levels, smooth distance maps)."""
+    from autoscale.targets import distance_label_map
+
+    rng = np.random.default_rng(seed)
+    maps = [rng.integers(0, 11, size=(37, 53)).astype(np.uint8),
+            rng.integers(0, 3, size=(64, 40)).astype(np.uint8),
+            np.full((9, 7), 10, dtype=np.uint8), np.full((9, 7), 4, dtype=np.uint8),
+            rng.integers(0, 2, size=(1, 50)).astype(np.int64)]
+    pts = rng.uniform(0, 200, size=(60, 2))
+    smooth = distance_label_map(pts, (150, 210))
+    maps += [smooth, np.clip(smooth.astype(np.int16) + rng.integers(-1, 2, size=smooth.shape), 0, 10).astype(np.uint8)]
+    for m in maps:
+        for kw in ({}, {"exclude_background": False}, {"max_class": 3}):
+            n, got = count_people(m, background=10, num_classes=11, **kw)
+            ref = _count_people_plateau_reference(m, **kw)
+            assert n == len(ref) and np.array_equal(got, ref)
+            if not kw:
+                assert np.array_equal(regional_minima(m), _count_people_plateau_reference(m, exclude_background=False))

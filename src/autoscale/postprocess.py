@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
@@ -23,7 +24,6 @@ __all__ = [
     "map_points_back",
 ]
 
-_FOUR = ndimage.generate_binary_structure(2, 1)
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -41,32 +41,38 @@ def _centroids(labels: np.ndarray, n: int, keep: np.ndarray) -> np.ndarray:
     return pts[order].reshape(-1, 2)
 
 
-def _plateaus_with_values(class_map: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """Label 4-connected plateaus (equal values). Returns labels (1..n), n, value per label."""
-    labels = np.zeros(class_map.shape, dtype=np.int64)
-    values = [class_map.flat[0]]  # placeholder for label 0
-    n = 0
-    # One ndimage.label per value level: O(levels * pixels), meant for class maps (few levels).
-    for v in np.unique(class_map):
-        lab, k = ndimage.label(class_map == v, structure=_FOUR)
-        sel = lab > 0
-        labels[sel] = lab[sel] + n
-        values.extend([v] * k)
-        n += k
-    return labels, n, np.asarray(values)
-
-
 def _regional_minima_labels(m: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-    labels, n, values = _plateaus_with_values(m)
-    # A pixel "sees lower" when one of its 4-neighbours is strictly lower.
+    """Labels ``1..n`` of candidate components, ``n``, the value per label and which labels are
+    regional minima (4-connected plateaus all of whose outside 4-neighbours are higher).
+
+    One connected-component pass instead of one per value level: a pixel is a *candidate* when
+    no 4-neighbour is strictly lower. Two 4-adjacent candidates have equal values (the higher
+    one would see the lower), so each 4-connected component of candidates lies inside one
+    plateau, and it is that whole plateau - a regional minimum - exactly when none of its pixels
+    has an equal-valued neighbour that is not a candidate. Pixels that are not candidates get
+    label 0. Same minima, same pixels per minimum as labelling every plateau."""
+    H, W = m.shape
     lower = np.zeros(m.shape, dtype=bool)
     lower[1:, :] |= m[:-1, :] < m[1:, :]
     lower[:-1, :] |= m[1:, :] < m[:-1, :]
     lower[:, 1:] |= m[:, :-1] < m[:, 1:]
     lower[:, :-1] |= m[:, 1:] < m[:, :-1]
-    has_lower = np.bincount(labels.ravel(), weights=lower.ravel(), minlength=n + 1) > 0
-    is_min = ~has_lower
+    cand = ~lower
+    # a candidate touching an equal-valued non-candidate belongs to a plateau that is no minimum
+    spoiled = np.zeros(m.shape, dtype=bool)
+    spoiled[1:, :] |= (m[:-1, :] == m[1:, :]) & lower[:-1, :]
+    spoiled[:-1, :] |= (m[1:, :] == m[:-1, :]) & lower[1:, :]
+    spoiled[:, 1:] |= (m[:, :-1] == m[:, 1:]) & lower[:, :-1]
+    spoiled[:, :-1] |= (m[:, 1:] == m[:, :-1]) & lower[:, 1:]
+    spoiled &= cand
+    n, labels = cv2.connectedComponents(cand.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    n -= 1  # label 0 is the background of the candidate mask
+    flat = labels.ravel()
+    is_min = np.bincount(flat, weights=spoiled.ravel(), minlength=n + 1) == 0
     is_min[0] = False
+    first = np.full(n + 1, -1, dtype=np.int64)  # one pixel of each label, for its value
+    first[flat[::-1]] = np.arange(flat.size - 1, -1, -1)
+    values = m.ravel()[np.maximum(first, 0)]
     return labels, n, values, is_min
 
 
