@@ -136,7 +136,7 @@ def force_region(predictor: Predictor, region: Region) -> None:
 def first_pass(predictor: Predictor, x: torch.Tensor) -> Any:
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if predictor.bf16 else contextlib.nullcontext()
     with torch.inference_mode(), ctx:
-        return predictor._runner.counter(x, return_features=True)
+        return predictor._runner.counter(x, return_features="lazy")
 
 
 @contextlib.contextmanager

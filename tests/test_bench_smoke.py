@@ -60,7 +60,8 @@ def test_flops_and_counts_match_independent_recomputation(tiny):
 
     fpn = get_model("fpn_regression", width=0.0625).eval()
     x = normalize(photo["image"])
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
+    # inference mode, as the predictor: the final map without the full-resolution side maps
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
         fpn(x, return_features=True)
     assert m["vgg16_regression_fp32_96x128"]["flops_first_pass"] == fc.get_total_flops()
     assert m["vgg16_regression_fp32_96x128"]["flops_total"] > fc.get_total_flops()  # the second pass ran

@@ -293,3 +293,72 @@ def test_lite_fpn_every_parameter_gets_gradient(cls):
     (out.final.sum() + sum(s.sum() for s in out.side) + out.features.mean()).backward()
     no_grad = [n for n, p in m.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert no_grad == []
+
+
+# -- inference fast paths ---------------------------------------------------------------------------
+@pytest.mark.parametrize("k, s", [(3, 2), (5, 2), (3, 1), (5, 1), (1, 1)])
+def test_same_conv_eager_equals_padded_conv(k, s):
+    """Eager "SAME" convolution (a kernel with a leading zero row/column, no padded copy) equals
+    the explicit TF padding + convolution (the traced form) for every parity of every size, also
+    when the input is smaller than the kernel."""
+    torch.manual_seed(k * 10 + s)
+    conv = lite_mod.Conv2dSame(4, 6, k, stride=s)
+    dw = lite_mod.Conv2dSame(4, 4, k, stride=s, groups=4)
+    for h, w in [(1, 1), (2, 3), (7, 8), (16, 9), (5, 5)]:
+        x = torch.randn(2, 4, h, w)
+        for c in (conv, dw):
+            ref = torch.nn.functional.conv2d(c._pad(x), c.weight, None, c.stride, 0, 1, c.groups)
+            got = c(x)
+            assert got.shape == (2, c.out_channels, -(-h // s), -(-w // s))
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(c(x.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_folded_batchnorm_inference_equals_training_graph():
+    """Without autograd and in eval mode each conv + BatchNorm (+ ReLU6) runs as one convolution
+    with folded weights: the backbone's levels equal the unfolded graph (autograd on) up to float
+    rounding, for random BN statistics and odd/even sizes; in train mode BN uses batch statistics."""
+    torch.manual_seed(0)
+    bb = EfficientNetLiteBackbone("efficientnet_lite0", width=0.5).eval()
+    for bn in bb.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.normal_(0, 0.2)
+            bn.running_var.uniform_(0.3, 3.0)
+            with torch.no_grad():
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_(0, 0.2)
+    for hw in [(37, 53), (64, 32)]:
+        x = torch.randn(1, 3, *hw)
+        ref = bb(x)  # autograd on: the BatchNorm modules themselves
+        with torch.inference_mode():
+            got = bb(x)
+        for r, g in zip(ref, got):
+            torch.testing.assert_close(g, r.detach(), rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+    bb.train()
+    with torch.no_grad():
+        trained_mode = bb(torch.randn(2, 3, 16, 16))
+    assert all(torch.isfinite(t).all() for t in trained_mode)
+
+
+@pytest.mark.parametrize("cls", [RegressionFPN, LocalizationFPN])
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "vgg16"])
+def test_fpn_inference_final_without_side_maps(cls, backbone):
+    """Under inference_mode the final map is sum_k up(W6_k dsnK(p_k)) + b6 at the levels'
+    resolution: equal to dsn6(cat(side)) (no_grad), no side maps, fp32 and bf16 autocast."""
+    torch.manual_seed(1)
+    m = cls(backbone, width=0.125 if backbone == "vgg16" else 0.25).eval()
+    x = torch.randn(1, 3, 37, 45)
+    with torch.no_grad():
+        ref = m(x)
+    with torch.inference_mode():
+        got = m(x)
+    assert got.side == [] and len(ref.side) >= 4
+    torch.testing.assert_close(got.final, ref.final, rtol=1e-4, atol=1e-5 * float(ref.final.abs().max()))
+    mc = m.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got16 = mc(xc)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref16 = mc(xc)
+    torch.testing.assert_close(got16.final.float(), ref.final, rtol=0.05, atol=0.03 * float(ref.final.abs().max()))
+    torch.testing.assert_close(ref16.final.float(), ref.final, rtol=0.05, atol=0.03 * float(ref.final.abs().max()))

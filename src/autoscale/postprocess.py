@@ -24,34 +24,25 @@ __all__ = [
     "map_points_back",
 ]
 
-_EIGHT = np.ones((3, 3), dtype=bool)
 
 
-def _centroids(labels: np.ndarray, n: int, keep: np.ndarray) -> np.ndarray:
-    """Pixel-centre centroids ``(x, y)`` of labels ``1..n`` where ``keep[label]``."""
-    flat = labels.ravel()
-    rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
-    cnt = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    sy = np.bincount(flat, weights=rows, minlength=n + 1)
-    sx = np.bincount(flat, weights=cols, minlength=n + 1)
-    ids = np.flatnonzero(keep)
-    ids = ids[ids > 0]
-    pts = np.stack([sx[ids] / cnt[ids] + 0.5, sy[ids] / cnt[ids] + 0.5], axis=1)
-    order = np.lexsort((pts[:, 0], pts[:, 1]))
-    return pts[order].reshape(-1, 2)
+def _sorted_points(centroids: np.ndarray) -> np.ndarray:
+    """Pixel-index centroids ``(x, y)`` -> pixel-centre points (``+ 0.5``), sorted by y then x."""
+    pts = np.asarray(centroids, dtype=np.float64).reshape(-1, 2) + 0.5
+    return pts[np.lexsort((pts[:, 0], pts[:, 1]))]
 
 
-def _regional_minima_labels(m: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-    """Labels ``1..n`` of candidate components, ``n``, the value per label and which labels are
-    regional minima (4-connected plateaus all of whose outside 4-neighbours are higher).
+def _regional_minima(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values and pixel-index centroids ``(x, y)`` (float64) of the 4-connected regional minima
+    (plateaus all of whose outside 4-neighbours are higher) of integer map ``m``.
 
     One connected-component pass instead of one per value level: a pixel is a *candidate* when
     no 4-neighbour is strictly lower. Two 4-adjacent candidates have equal values (the higher
     one would see the lower), so each 4-connected component of candidates lies inside one
     plateau, and it is that whole plateau - a regional minimum - exactly when none of its pixels
-    has an equal-valued neighbour that is not a candidate. Pixels that are not candidates get
-    label 0. Same minima, same pixels per minimum as labelling every plateau."""
-    H, W = m.shape
+    has an equal-valued neighbour that is not a candidate. Same minima, same pixels per minimum
+    as labelling every plateau; OpenCV's component statistics give the centroids (sums of
+    integer coordinates in float64: exact, then one division)."""
     lower = np.zeros(m.shape, dtype=bool)
     lower[1:, :] |= m[:-1, :] < m[1:, :]
     lower[:-1, :] |= m[1:, :] < m[:-1, :]
@@ -65,15 +56,15 @@ def _regional_minima_labels(m: np.ndarray) -> tuple[np.ndarray, int, np.ndarray,
     spoiled[:, 1:] |= (m[:, :-1] == m[:, 1:]) & lower[:, :-1]
     spoiled[:, :-1] |= (m[:, 1:] == m[:, :-1]) & lower[:, 1:]
     spoiled &= cand
-    n, labels = cv2.connectedComponents(cand.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
-    n -= 1  # label 0 is the background of the candidate mask
-    flat = labels.ravel()
-    is_min = np.bincount(flat, weights=spoiled.ravel(), minlength=n + 1) == 0
-    is_min[0] = False
-    first = np.full(n + 1, -1, dtype=np.int64)  # one pixel of each label, for its value
-    first[flat[::-1]] = np.arange(flat.size - 1, -1, -1)
-    values = m.ravel()[np.maximum(first, 0)]
-    return labels, n, values, is_min
+    n, labels, _, centroids = cv2.connectedComponentsWithStats(cand.view(np.uint8), connectivity=4,
+                                                               ltype=cv2.CV_32S)
+    is_min = np.ones(n, dtype=bool)
+    is_min[labels[spoiled]] = False
+    is_min[0] = False  # label 0 is the background of the candidate mask
+    values = np.zeros(n, dtype=m.dtype)
+    idx = np.flatnonzero(cand)
+    values[labels.ravel()[idx]] = m.ravel()[idx]  # every pixel of a label has the same value
+    return values[is_min], centroids[is_min]
 
 
 def regional_minima(class_map: Any) -> np.ndarray:
@@ -92,8 +83,7 @@ def regional_minima(class_map: Any) -> np.ndarray:
         ``y`` then ``x``.
     """
     m = as_map(class_map, "class_map")
-    labels, n, _, is_min = _regional_minima_labels(m)
-    return _centroids(labels, n, is_min)
+    return _sorted_points(_regional_minima(m)[1])
 
 
 def count_people(
@@ -121,13 +111,14 @@ def count_people(
         ``(count, points)`` with points as in :func:`regional_minima`.
     """
     m = as_map(class_map, "class_map")
-    labels, n, values, is_min = _regional_minima_labels(m)
+    values, centroids = _regional_minima(m)
+    keep = np.ones(len(values), dtype=bool)
     if exclude_background:
         bg = num_classes - 1 if background is None else background
-        is_min &= values != bg
+        keep &= values != bg
     if max_class is not None:
-        is_min &= values <= max_class
-    pts = _centroids(labels, n, is_min)
+        keep &= values <= max_class
+    pts = _sorted_points(centroids[keep])
     return int(len(pts)), pts
 
 
@@ -155,9 +146,8 @@ def density_peaks(
     mx = ndimage.maximum_filter(d, size=kernel, mode="constant", cval=-np.inf)
     thr = max(threshold, rel_threshold * float(d.max()))
     peaks = (d == mx) & (d > thr)
-    labels, n = ndimage.label(peaks, structure=_EIGHT)
-    keep = np.ones(n + 1, dtype=bool)
-    return _centroids(labels, n, keep)
+    _, _, _, centroids = cv2.connectedComponentsWithStats(peaks.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    return _sorted_points(centroids[1:])
 
 
 def knn_boxes(

@@ -149,16 +149,51 @@ class Conv2dSame(nn.Conv2d):
                          padding=(kernel_size - 1) // 2 if static else 0)
         self.dynamic = not static
 
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded as TF "SAME" does (the graph form: traceable for dynamic ONNX sizes)."""
+        pads = []
+        for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+            # (ceil(n / s) - 1) * s + k - n; without branching on n when k >= s (traceable)
+            total = k - s + (-n) % s if k >= s else max((-(-n // s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        return F.pad(x, (left, right, top, bottom))
+
+    def _same(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The convolution of ``x`` with "SAME" padding and the given weight and bias.
+
+        Eager mode pads nothing: where the padding after exceeds the padding before by one, the
+        kernel gets a leading zero row/column and both sides get the larger padding (the same
+        windows, exactly). An explicit ``F.pad`` copies the whole map and, on a channels-last
+        tensor, sent oneDNN down a path 20x slower (54 vs 2.7 ms for a 96-channel 384x512
+        depthwise layer in bf16 here).
+        """
+        if not self.dynamic:
+            return self._conv_forward(x, weight, bias)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self._conv_forward(self._pad(x), weight, bias)
+        padding, front = [], []
+        for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            padding.append(total - total // 2)
+            front.append(total % 2)
+        if front[0] or front[1]:
+            weight = F.pad(weight, (front[1], 0, front[0], 0))
+        return F.conv2d(x, weight, bias, self.stride, tuple(padding), self.dilation, self.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dynamic:
-            pads = []
-            for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
-                # (ceil(n / s) - 1) * s + k - n; without branching on n when k >= s (traceable)
-                total = k - s + (-n) % s if k >= s else max((-(-n // s) - 1) * s + k - n, 0)
-                pads.append((total // 2, total - total // 2))
-            (top, bottom), (left, right) = pads
-            x = F.pad(x, (left, right, top, bottom))
-        return super().forward(x)
+        return self._same(x, self.weight, self.bias)
+
+    def forward_bn(self, x: torch.Tensor, bn: nn.BatchNorm2d, relu6: bool) -> torch.Tensor:
+        """``bn(self(x))`` (then ReLU6 when ``relu6``); without autograd and with ``bn`` in eval mode
+        the BatchNorm is folded into the convolution's weight and bias (one pass over the output
+        instead of two or three; equal up to float rounding)."""
+        if bn.training or torch.is_grad_enabled():
+            y = bn(self(x))
+            return F.relu6(y) if relu6 else y
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        y = self._same(x, self.weight * scale.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * scale)
+        return F.hardtanh_(y, 0.0, 6.0) if relu6 else y
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -183,9 +218,9 @@ class MBConvBlock(nn.Module):
         self.drop_connect = drop_connect
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
-        y = self._bn2(self._project_conv(y))
+        y = self._expand_conv.forward_bn(x, self._bn0, True) if self.expand else x
+        y = self._depthwise_conv.forward_bn(y, self._bn1, True)
+        y = self._project_conv.forward_bn(y, self._bn2, False)
         if not self.skip:
             return y
         if self.training and self.drop_connect > 0:  # stochastic depth, per sample
@@ -239,7 +274,7 @@ class _Trunk(nn.Module):
         self._blocks = nn.ModuleList(blocks)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu6(self._bn0(self._conv_stem(x)))
+        return self._conv_stem.forward_bn(x, self._bn0, True)
 
 
 class EfficientNetLite(_Trunk):
@@ -263,7 +298,7 @@ class EfficientNetLite(_Trunk):
         x = self._stem(x)
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return self._conv_head.forward_bn(x, self._bn1, True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self._avg_pooling(self.extract_features(x)), 1)

@@ -97,6 +97,14 @@ def center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x[..., top:top + h, left:left + w]
 
 
+def _interp_input(x: torch.Tensor) -> torch.Tensor:
+    # Under bf16 autocast, upsampling the output maps runs 2x faster in float32 on the CPU (1.3 vs
+    # 0.6 ms for a 1-channel 768x1024 output here, 34 vs 13 ms for 11 channels) and is more precise.
+    if x.dtype == torch.bfloat16 and torch.is_autocast_enabled(x.device.type):
+        return x.float().contiguous()
+    return x
+
+
 def _up(x: torch.Tensor, factor: int) -> torch.Tensor:
     """x``factor`` bilinear upsampling with align_corners=True (``nn.UpsamplingBilinear2d``)."""
     if factor == 1:
@@ -172,13 +180,15 @@ class LazyFeatures:
         with self._ctx():
             return torch.cat([self._fpn._feature(p, s, H, W) for p, s in zip(self.maps, self.strides)], 1)
 
-    def _level_crops(self, box: tuple[int, int, int, int]) -> list[torch.Tensor] | None:
+    def _level_crops(self, box: tuple[int, int, int, int], check_only: bool = False) -> list[torch.Tensor] | None:
         x, y, w, h = (int(v) for v in box)
         H, W = self.size
         if w < 1 or h < 1 or x < 0 or y < 0 or x + w > W or y + h > H:
             raise ValueError(f"region (x={x}, y={y}, w={w}, h={h}) is empty or outside the {H}x{W} map")
         if not self._fpn.corner_aligned or not all(_power_of_two(s) for s in self.strides):
             return None
+        if check_only:
+            return []
         return [_window_up_corner(p, s, (y, h), (x, w)) for p, s in zip(self.maps, self.strides)]
 
     def crop(self, box: tuple[int, int, int, int]) -> torch.Tensor:
@@ -191,13 +201,15 @@ class LazyFeatures:
             return torch.cat(crops, 1)
 
     def pool(self, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-        """``adaptive_avg_pool2d(crop(box), size)``, pooled level by level (pooling is per channel)
-        and concatenated: the 14x14 result, without concatenating the region's full-resolution maps."""
+        """``adaptive_avg_pool2d(crop(box), size)``: for the corner-aligned FPNs computed level by
+        level in float32 without upsampling the region (:func:`_pool_up_corner`; equal to pooling
+        the float32 region up to rounding, so under bf16 autocast more precise than pooling the
+        bf16 crop), else pooled from :meth:`crop`."""
         with self._ctx():
-            crops = self._level_crops(box)
-            if crops is None:
+            if self._level_crops(box, check_only=True) is None:
                 return F.adaptive_avg_pool2d(self.crop(box), (size, size))
-            return torch.cat([F.adaptive_avg_pool2d(c, (size, size)) for c in crops], 1)
+        x, y, w, h = (int(v) for v in box)
+        return torch.cat([_pool_up_corner(p, s, (y, h), (x, w), size) for p, s in zip(self.maps, self.strides)], 1)
 
 
 def _source_span(start: int, length: int, stride: int, n: int) -> tuple[int, int]:
@@ -208,6 +220,43 @@ def _source_span(start: int, length: int, stride: int, n: int) -> tuple[int, int
         return max(0, (2 * i + 1 - stride) // (2 * stride))  # floor(max((i + 0.5) / s - 0.5, 0))
 
     return lower(start), min(n, lower(start + length - 1) + 2)
+
+
+def _pool_matrix(start: int, length: int, stride: int, n: int, size: int) -> tuple[torch.Tensor, int, int]:
+    """1-D ``adaptive_avg_pool(up(v)[start:start+length], size)`` as ``M @ v[a:b]``: returns
+    ``(M (size, b - a) float64, a, b)``, for an ``n -> n * stride`` bilinear (align_corners=False)
+    upsampling ``up`` (PyTorch's source index ``max((i + 0.5) / stride - 0.5, 0)``, upper neighbour
+    clamped to ``n - 1``) and adaptive pooling's bins ``[floor(k L / size), ceil((k + 1) L / size))``."""
+    a, b = _source_span(start, length, stride, n)
+    i = torch.arange(start, start + length, dtype=torch.float64)
+    src = ((i + 0.5) / stride - 0.5).clamp(min=0.0)
+    lo = src.floor()
+    lam = src - lo
+    lo = lo.long()
+    hi = torch.clamp(lo + 1, max=n - 1)
+    up = torch.zeros(length, b - a, dtype=torch.float64)
+    rows = torch.arange(length)
+    up.index_put_((rows, lo - a), 1.0 - lam, accumulate=True)
+    up.index_put_((rows, hi - a), lam, accumulate=True)
+    pool = torch.zeros(size, length, dtype=torch.float64)
+    for k in range(size):
+        p0, p1 = (k * length) // size, -(-((k + 1) * length) // size)
+        pool[k, p0:p1] = 1.0 / (p1 - p0)
+    return pool @ up, a, b
+
+
+def _pool_up_corner(p: torch.Tensor, stride: int, rows: tuple[int, int], cols: tuple[int, int],
+                    size: int) -> torch.Tensor:
+    """``adaptive_avg_pool2d(_window_up_corner(p, stride, rows, cols), size)`` in float32, as
+    ``Mh @ p[window] @ Mw^T``: bilinear upsampling and adaptive average pooling are both separable
+    and linear, so the region is never upsampled (equal up to float rounding; the 152-channel
+    768x1024 L2S feature of a dense region: 15 -> 1 ms here)."""
+    (y, h), (x, w) = rows, cols
+    mh, a, b = _pool_matrix(y, h, stride, p.shape[-2], size)
+    mw, c, d = _pool_matrix(x, w, stride, p.shape[-1], size)
+    win = p[..., a:b, c:d].float()
+    with torch.autocast(p.device.type, enabled=False):
+        return torch.einsum("sh,bchw,tw->bcst", mh.to(win), win, mw.to(win))
 
 
 def _window_up_corner(p: torch.Tensor, stride: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
@@ -353,13 +402,16 @@ class _FPNBase(nn.Module):
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def _side(self, y: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
+    def _upsample(self, y: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
         if self.corner_aligned:
             return _up_corner(y, stride, h, w)
         return center_crop(_up(y, stride), h, w)
 
+    def _side(self, y: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
+        return self._upsample(_interp_input(y), stride, h, w)
+
     def _feature(self, p: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
-        return self._side(p, stride, h, w)
+        return self._upsample(p, stride, h, w)
 
     def forward(self, x: torch.Tensor, return_features: bool | str = False) -> FPNOutput:
         """``x``: ``(B, 3, H, W)`` normalised with :attr:`normalization`; outputs are ``(B, ., H, W)``.
@@ -381,15 +433,43 @@ class _FPNBase(nn.Module):
             if self.merge_up[k + 1]:
                 top = getattr(self, f"up{k + 1}")(top)
             ps[k] = F.relu(torch.cat([lateral, center_crop(top, *c.shape[-2:])], 1))
-        side = [self._side(getattr(self, f"dsn{k}")(F.relu(ps[5]) if k == 5 else ps[k]), st[k - 1], H, W)
-                for k in levels]
-        final = self.dsn6(torch.cat(side, 1))
+        heads = {k: F.relu(ps[5]) if k == 5 else ps[k] for k in levels}
+        if torch.is_inference_mode_enabled():
+            side: list[torch.Tensor] = []
+            final = self._fused_final(heads, H, W)
+        else:
+            side = [self._side(getattr(self, f"dsn{k}")(heads[k]), st[k - 1], H, W) for k in levels]
+            final = self.dsn6(torch.cat(side, 1))
         feats: torch.Tensor | LazyFeatures | None = None
         if return_features == "lazy":
             feats = LazyFeatures(self, [ps[k] for k in levels], [st[k - 1] for k in levels], (H, W))
         elif return_features:
             feats = torch.cat([self._feature(ps[k], st[k - 1], H, W) for k in levels], 1)
         return FPNOutput(final, side, feats)
+
+    def _fused_final(self, heads: dict[int, torch.Tensor], h: int, w: int) -> torch.Tensor:
+        """``dsn6(cat(side))`` without the full-resolution side maps (inference only).
+
+        ``dsn6`` is a 1x1 convolution and the side maps are per-channel bilinear upsamplings
+        (and crops) of 1x1 convolutions of the levels, all linear: so ``final = sum_k
+        up(W6_k dsnK(p_k)) + b6``, with ``W6_k dsnK`` one 1x1 convolution at the level's
+        resolution. Equal up to float rounding; it skips concatenating, casting and convolving
+        ``levels x outputs`` full-resolution channels (lite0 localization at 768x1024 in bf16:
+        first pass 0.49 -> 0.17 s here)."""
+        out, st = self.num_outputs, self.backbone.strides
+        w6 = self.dsn6.weight.flatten(1)
+        final: torch.Tensor | None = None
+        for i, k in enumerate(self.levels):
+            dsn = getattr(self, f"dsn{k}")
+            with torch.autocast(heads[k].device.type, enabled=False):
+                block = w6[:, i * out:(i + 1) * out].float()
+                weight = (block @ dsn.weight.flatten(1).float()).reshape(out, -1, 1, 1)
+                bias = block @ dsn.bias.float()
+            x = heads[k]
+            y = self._side(F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype)), st[k - 1], h, w)
+            final = y if final is None else final.add_(y)
+        assert final is not None
+        return final + self.dsn6.bias.reshape(1, -1, 1, 1).to(final.dtype)
 
     def _imagenet_convs(self, official_init: bool) -> list[int]:
         raise NotImplementedError

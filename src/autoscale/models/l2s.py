@@ -66,8 +66,8 @@ def roi_features(features: torch.Tensor, box: Box, size: int = ROI_SIZE) -> torc
     integer region ``(x, y, w, h)`` in its pixels. Returns ``(B, C, size, size)``. This is the
     authors' slice + ``adaptive_avg_pool2d`` (no ROI-Align). ``features`` may also be an FPN's
     :class:`~autoscale.models.fpn.LazyFeatures` (``return_features="lazy"``): the region is then
-    computed from the native-resolution levels and pooled level by level (``pool``), with the
-    same values.
+    pooled from the native-resolution levels without upsampling the region (``pool``; the same
+    values up to float32 rounding, in float32).
     """
     x, y, w, h = _check_box(box, *features.shape[-2:])
     if not isinstance(features, torch.Tensor):
