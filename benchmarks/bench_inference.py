@@ -297,6 +297,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
             "amx": sorted(f for f in flags if f.startswith("amx")), "onednn_bf16_supported": onednn_bf16, "native_bf16": cpu_has_native_bf16(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
             "python": sys.version.split()[0], "platform": platform.platform(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "load_average_start": list(os.getloadavg())}
 
 

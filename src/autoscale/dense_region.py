@@ -23,6 +23,7 @@ in pixels of the map they were found in: columns ``x .. x+w-1``, rows ``y .. y+h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import cv2
@@ -166,20 +167,17 @@ def dense_mask_localization(
     raise ConfigError(f"dense-mask method must be 'paper' or 'official', got {method!r}")
 
 
-def _candidates_area(mask: np.ndarray) -> list[tuple[tuple[int, int, int, int], int]]:
-    """8-connected components ranked by pixel area (desc); ties keep raster order of the
-    component's first pixel (scipy numbers labels in that order and the sort is stable)."""
-    labels, n = ndimage.label(mask, structure=_EIGHT)
-    if n == 0:
-        return []
-    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    objs = ndimage.find_objects(labels)
-    order = np.argsort(-areas, kind="stable")
-    out = []
-    for i in order:
-        rs, cs = objs[i]
-        out.append(((cs.start, rs.start, cs.stop - cs.start, rs.stop - rs.start), int(areas[i])))
-    return out
+def _candidates_area(mask: np.ndarray) -> Iterator[tuple[tuple[int, int, int, int], int]]:
+    """8-connected components ranked by pixel area (desc), lazily; ties keep the raster order of
+    the component's first pixel. OpenCV's SAUF labelling (``CCL_WU``) numbers components in that
+    order, as scipy's ``label`` does, and the sort is stable."""
+    n, _, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
+        np.ascontiguousarray(mask).view(np.uint8), 8, cv2.CV_32S, cv2.CCL_WU)
+    stats = stats[1:]  # label 0: the background
+    areas = stats[:, cv2.CC_STAT_AREA]
+    for i in np.argsort(-areas, kind="stable"):
+        x, y, w, h, a = (int(v) for v in stats[i])
+        yield (x, y, w, h), a
 
 
 def _candidates_official(mask: np.ndarray) -> list[tuple[tuple[int, int, int, int], int]]:

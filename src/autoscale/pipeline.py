@@ -256,6 +256,8 @@ class AutoScale(nn.Module):
                 zoomed = image[:, :, region.y:region.y + region.h, region.x:region.x + region.w]
             else:
                 zoomed = zoom_region(image, (region.x, region.y, region.w, region.h), s, method="bilinear")
+            if image.is_contiguous(memory_format=torch.channels_last):  # the layout the counter was given
+                zoomed = zoomed.contiguous(memory_format=torch.channels_last)
             z_out = self.counter(zoomed)
             zoom = 1.0 if cfg.kernel == "divided" else float(s.reshape(-1)[0])
             z_count, z_map, z_pts = _map_count(cfg.variant, z_out.final, cfg, scale=zoom)

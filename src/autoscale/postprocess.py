@@ -41,8 +41,8 @@ def _regional_minima(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     one would see the lower), so each 4-connected component of candidates lies inside one
     plateau, and it is that whole plateau - a regional minimum - exactly when none of its pixels
     has an equal-valued neighbour that is not a candidate. Same minima, same pixels per minimum
-    as labelling every plateau; OpenCV's component statistics give the centroids (sums of
-    integer coordinates in float64: exact, then one division)."""
+    as labelling every plateau. Centroids: sums of integer coordinates in float64 (exact), then
+    one division, over the minima's pixels only."""
     lower = np.zeros(m.shape, dtype=bool)
     lower[1:, :] |= m[:-1, :] < m[1:, :]
     lower[:-1, :] |= m[1:, :] < m[:-1, :]
@@ -56,15 +56,21 @@ def _regional_minima(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     spoiled[:, 1:] |= (m[:, :-1] == m[:, 1:]) & lower[:, :-1]
     spoiled[:, :-1] |= (m[:, 1:] == m[:, :-1]) & lower[:, 1:]
     spoiled &= cand
-    n, labels, _, centroids = cv2.connectedComponentsWithStats(cand.view(np.uint8), connectivity=4,
-                                                               ltype=cv2.CV_32S)
+    n, labels = cv2.connectedComponents(cand.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     is_min = np.ones(n, dtype=bool)
     is_min[labels[spoiled]] = False
     is_min[0] = False  # label 0 is the background of the candidate mask
+    flat = labels.ravel()
+    idx = np.flatnonzero(is_min[flat])  # the pixels of the minima only (few)
+    lab = flat[idx]
+    rows, cols = np.divmod(idx, m.shape[1])
+    cnt = np.bincount(lab, minlength=n)
+    keep = np.flatnonzero(cnt)
     values = np.zeros(n, dtype=m.dtype)
-    idx = np.flatnonzero(cand)
-    values[labels.ravel()[idx]] = m.ravel()[idx]  # every pixel of a label has the same value
-    return values[is_min], centroids[is_min]
+    values[lab] = m.ravel()[idx]  # every pixel of a label has the same value
+    sx = np.bincount(lab, weights=cols, minlength=n)[keep]
+    sy = np.bincount(lab, weights=rows, minlength=n)[keep]
+    return values[keep], np.stack([sx / cnt[keep], sy / cnt[keep]], axis=1)
 
 
 def regional_minima(class_map: Any) -> np.ndarray:

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from os import PathLike
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -222,27 +223,26 @@ def _source_span(start: int, length: int, stride: int, n: int) -> tuple[int, int
     return lower(start), min(n, lower(start + length - 1) + 2)
 
 
-def _pool_matrix(start: int, length: int, stride: int, n: int, size: int) -> tuple[torch.Tensor, int, int]:
+def _pool_matrix(start: int, length: int, stride: int, n: int, size: int) -> tuple[np.ndarray, int, int]:
     """1-D ``adaptive_avg_pool(up(v)[start:start+length], size)`` as ``M @ v[a:b]``: returns
     ``(M (size, b - a) float64, a, b)``, for an ``n -> n * stride`` bilinear (align_corners=False)
     upsampling ``up`` (PyTorch's source index ``max((i + 0.5) / stride - 0.5, 0)``, upper neighbour
     clamped to ``n - 1``) and adaptive pooling's bins ``[floor(k L / size), ceil((k + 1) L / size))``."""
     a, b = _source_span(start, length, stride, n)
-    i = torch.arange(start, start + length, dtype=torch.float64)
-    src = ((i + 0.5) / stride - 0.5).clamp(min=0.0)
-    lo = src.floor()
+    src = np.maximum((np.arange(start, start + length) + 0.5) / stride - 0.5, 0.0)
+    lo = np.floor(src)
     lam = src - lo
-    lo = lo.long()
-    hi = torch.clamp(lo + 1, max=n - 1)
-    up = torch.zeros(length, b - a, dtype=torch.float64)
-    rows = torch.arange(length)
-    up.index_put_((rows, lo - a), 1.0 - lam, accumulate=True)
-    up.index_put_((rows, hi - a), lam, accumulate=True)
-    pool = torch.zeros(size, length, dtype=torch.float64)
-    for k in range(size):
-        p0, p1 = (k * length) // size, -(-((k + 1) * length) // size)
-        pool[k, p0:p1] = 1.0 / (p1 - p0)
-    return pool @ up, a, b
+    lo = lo.astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    k = np.arange(size)
+    p0, p1 = (k * length) // size, -(-((k + 1) * length) // size)
+    bins = np.repeat(k, p1 - p0)  # output row k averages upsampled rows p0[k] .. p1[k] - 1 (bins overlap)
+    rows = np.concatenate([np.arange(u, v) for u, v in zip(p0, p1)])
+    share = 1.0 / (p1 - p0)[bins]
+    m = np.zeros((size, b - a))
+    np.add.at(m, (bins, lo[rows] - a), (1.0 - lam[rows]) * share)
+    np.add.at(m, (bins, hi[rows] - a), lam[rows] * share)
+    return m, a, b
 
 
 def _pool_up_corner(p: torch.Tensor, stride: int, rows: tuple[int, int], cols: tuple[int, int],
@@ -254,9 +254,10 @@ def _pool_up_corner(p: torch.Tensor, stride: int, rows: tuple[int, int], cols: t
     (y, h), (x, w) = rows, cols
     mh, a, b = _pool_matrix(y, h, stride, p.shape[-2], size)
     mw, c, d = _pool_matrix(x, w, stride, p.shape[-1], size)
-    win = p[..., a:b, c:d].float()
+    win = p[..., a:b, c:d].permute(0, 2, 3, 1).float()  # (B, h, w, C): channels-last maps stay in place
     with torch.autocast(p.device.type, enabled=False):
-        return torch.einsum("sh,bchw,tw->bcst", mh.to(win), win, mw.to(win))
+        rows = torch.einsum("sh,bhwc->bswc", torch.from_numpy(mh).to(win), win)
+        return torch.einsum("bswc,tw->bcst", rows, torch.from_numpy(mw).to(win)).contiguous()
 
 
 def _window_up_corner(p: torch.Tensor, stride: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
