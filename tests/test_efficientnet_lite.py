@@ -334,6 +334,21 @@ def test_folded_batchnorm_inference_equals_training_graph():
             got = bb(x)
         for r, g in zip(ref, got):
             torch.testing.assert_close(g, r.detach(), rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+    # bf16 autocast: stem and expansions folded (oneDNN fused convolution where torch has it,
+    # else a plain folded convolution): the levels match the unfolded bf16 graph to bf16 rounding
+    x = torch.randn(1, 3, 37, 53).contiguous(memory_format=torch.channels_last)
+    bbc = bb.to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref16 = [t.detach().float() for t in bbc(x)]
+        for fused in (True, False):
+            lite_mod._FUSED_CONV, saved = fused and lite_mod._FUSED_CONV, lite_mod._FUSED_CONV
+            try:
+                with torch.inference_mode():
+                    got16 = [t.float() for t in bbc(x)]
+            finally:
+                lite_mod._FUSED_CONV = saved
+            for r, g in zip(ref16, got16):
+                torch.testing.assert_close(g, r, rtol=0.05, atol=0.03 * float(r.abs().max()))
     bb.train()
     with torch.no_grad():
         trained_mode = bb(torch.randn(2, 3, 16, 16))
