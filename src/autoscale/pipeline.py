@@ -229,9 +229,10 @@ class AutoScale(nn.Module):
         return torch.clamp(s, max=max(limit, 1e-3))
 
     # -- inference ----------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, image: torch.Tensor, *, single_pass: bool = False) -> PipelineResult:
-        """Run the pipeline on one normalised image ``(1, 3, H, W)``."""
+        """Run the pipeline on one normalised image ``(1, 3, H, W)`` (in inference mode: the FPNs
+        then skip their full-resolution side maps)."""
         cfg = self.config
         if image.ndim != 4 or image.shape[0] != 1:
             raise ValueError(f"predict expects one image of shape (1, 3, H, W), got {tuple(image.shape)}")

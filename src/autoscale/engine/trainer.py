@@ -365,7 +365,7 @@ def _samples(batch: dict[str, Any]) -> Iterator[tuple[torch.Tensor, np.ndarray, 
         yield batch["image"][i], batch["points"][i], batch["target"][i]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def validate(model: AutoScale, dataset: Any, cfg: TrainConfig, device: torch.device, info: D.DistInfo) -> dict[str, float]:
     """Count MAE/RMSE on ``dataset`` (sharded over ranks): the full two-pass prediction for
     ``autoscale`` (``mae_first``: its first pass alone), a single pass for ``fpn``."""
