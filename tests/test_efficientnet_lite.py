@@ -377,3 +377,18 @@ def test_fpn_inference_final_without_side_maps(cls, backbone):
         ref16 = mc(xc)
     torch.testing.assert_close(got16.final.float(), ref.final, rtol=0.05, atol=0.03 * float(ref.final.abs().max()))
     torch.testing.assert_close(ref16.final.float(), ref.final, rtol=0.05, atol=0.03 * float(ref.final.abs().max()))
+
+
+def test_training_graph_keeps_padded_same_conv():
+    """With autograd on (training) a "SAME" conv pads its input as before (the numerics training
+    always had); without autograd it uses the shifted kernel: both give the same values."""
+    torch.manual_seed(3)
+    conv = lite_mod.Conv2dSame(4, 4, 3, stride=2, groups=4)
+    x = torch.randn(1, 4, 8, 9, requires_grad=True)
+    ref = torch.nn.functional.conv2d(conv._pad(x), conv.weight, None, conv.stride, 0, 1, conv.groups)
+    got = conv(x)
+    assert torch.equal(got, ref)  # the same op on the same padded tensor: bit for bit
+    got.sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), ref.detach(), rtol=1e-5, atol=1e-6)

@@ -212,7 +212,8 @@ def test_lazy_features_equal_full_features_lite(variant, size):
     """The region of the native-resolution levels equals the slice of the full-resolution feature
     (the old path, computed here): bit for bit under bf16 autocast (the inference default), to
     float32 rounding in fp32 (the fp32 bilinear kernel's vectorisation differs in a window);
-    roi_features (pooled separably in float32) equals pooling the float32 region."""
+    roi_features equals pooling that region in training (autograd on) and, without autograd
+    (pooled separably in float32), pooling the float32 region."""
     from autoscale.models.fpn import LazyFeatures, LocalizationFPN, RegressionFPN, _up_corner
 
     torch.manual_seed(0)
@@ -231,7 +232,9 @@ def test_lazy_features_equal_full_features_lite(variant, size):
         for box in _boxes(H, W, 15, seed=size[0]):
             x0, y0, w, h = box
             ref, ref_pool = full[..., y0:y0 + h, x0:x0 + w], roi_features(full, box)
-            got, got_pool = lazy.crop(box), roi_features(lazy, box)
+            got, train_pool = lazy.crop(box), roi_features(lazy, box)  # autograd on: training's path
+            with torch.no_grad():
+                got_pool = roi_features(lazy, box)
             # The pooled region is computed separably in float32 from the levels, never upsampled:
             # it equals pooling the float32 upsampled region up to float32 rounding, and the old
             # bf16 pooling up to bf16 rounding.
@@ -239,12 +242,14 @@ def test_lazy_features_equal_full_features_lite(variant, size):
             scale = float(full.abs().max())
             if bf16:
                 assert torch.equal(got, ref), box
+                assert torch.equal(train_pool, ref_pool), box
                 torch.testing.assert_close(got_pool, ref_pool.float(), rtol=1e-2, atol=4e-3 * scale)
                 up32 = torch.cat([_up_corner(p.float(), s, H, W) for p, s in zip(lazy.maps, lazy.strides)], 1)
                 exact = F.adaptive_avg_pool2d(up32[..., y0:y0 + h, x0:x0 + w], 14)
                 torch.testing.assert_close(got_pool, exact, rtol=1e-5, atol=1e-6 * scale)
             else:
                 torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6 * scale)
+                torch.testing.assert_close(train_pool, ref_pool, rtol=1e-5, atol=1e-6 * scale)
                 torch.testing.assert_close(got_pool, ref_pool, rtol=1e-5, atol=1e-6 * scale)
     with pytest.raises(ValueError, match="outside"):
         roi_features(lazy, (W - 2, 0, 3, 1))

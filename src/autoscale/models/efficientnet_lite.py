@@ -177,12 +177,13 @@ class Conv2dSame(nn.Conv2d):
     def _same(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The convolution of ``x`` with "SAME" padding and the given weight and bias.
 
-        Eager mode pads nothing (:meth:`_same_args`): an explicit ``F.pad`` copies the whole map
-        and, on a channels-last tensor, sent oneDNN down a path 20x slower (54 vs 2.7 ms for a
-        96-channel 384x512 depthwise layer in bf16 here). Traced (ONNX export) it pads, so the
-        graph serves every input size.
+        Without autograd it pads nothing (:meth:`_same_args`): an explicit ``F.pad`` copies the
+        whole map and, on a channels-last tensor, sent oneDNN down a path 20x slower (54 vs 2.7 ms
+        for a 96-channel 384x512 depthwise layer in bf16 here). Training keeps the padded form
+        (its numerics unchanged: the demo's AutoScale localization run turned out to depend on
+        them), and so does a trace (ONNX export), so the graph serves every input size.
         """
-        if self.dynamic and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        if self.dynamic and (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             return self._conv_forward(self._pad(x), weight, bias)
         weight, padding = self._same_args(x, weight)
         return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)

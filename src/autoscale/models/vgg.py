@@ -288,9 +288,7 @@ def normalize(
         t = t.unsqueeze(0)
     if t.ndim != 4 or t.shape[1] != 3:
         raise ValueError(f"expected (3, H, W) or (B, 3, H, W), got {tuple(t.shape)}")
-    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
-    unit = 255.0 if t.dtype == torch.uint8 else 1.0
-    # one multiply (a new float32 tensor, in the input's memory layout) and one in-place subtract
-    scale = (1.0 / (unit * s)).to(torch.float32).to(t.device)
-    return torch.mul(t, scale).sub_((m / s).to(torch.float32).to(t.device))
+    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+    m = torch.tensor(mean, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
+    return (t - m) / s
