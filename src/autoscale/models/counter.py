@@ -12,7 +12,7 @@ Paper Table 9 puts L2S on five density counters (MCNN, CSRNet, BL, CAN, SFCN) be
     ``(B, feature_channels, H, W)``, when ``return_features`` (its dense-region box is average-pooled
     to 14 x 14, :func:`autoscale.models.l2s.roi_features`), else None; ``output_stride`` the cell
     size ``s`` in input pixels the density was predicted at (``final`` is constant on the ``s x s``
-    cells from the top-left corner; 1 = per pixel). The pipeline passes ``return_features="lazy"``:
+    cells from the top-left corner; 1 = per pixel). The pipeline's inference passes ``return_features="lazy"``:
     a counter treats it as True, or (the FPNs) returns a :class:`~autoscale.models.fpn.LazyFeatures`
     with the same values that computes only the region L2S pools.
 ``feature_channels``: int, ``normalization``: ``(mean, std)`` in [0, 1] RGB units, ``variant``:

@@ -31,9 +31,9 @@ map of size n is upsampled to n*s (bilinear, align_corners=False) and cropped to
 (The transposed-conv merges' centre crop of 2n+2 to ceil-halved sizes is offset 1 either way.)
 
 ``forward(x, return_features="lazy")`` returns the L2S feature as a :class:`LazyFeatures`: the
-levels at their native resolution, of which :func:`autoscale.models.l2s.roi_features` upsamples
-only the dense region (the pipeline's inference and training use it; ``True`` still gives the
-full-resolution tensor).
+levels at their native resolution, of which :func:`autoscale.models.l2s.roi_features` pools
+only the dense region (the pipeline's inference uses it; training asks for ``True``, the
+full-resolution tensor, whose float32 rounding it has always had).
 
 Inputs are normalised with :attr:`_FPNBase.normalization` (the backbone's ImageNet (mean, std)).
 ``width`` scales every channel count (backbone and laterals; ``max(1, round(c * width))``) for
