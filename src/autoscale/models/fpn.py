@@ -461,7 +461,7 @@ class _FPNBase(nn.Module):
         up(W6_k dsnK(p_k)) + b6``, with ``W6_k dsnK`` one 1x1 convolution at the level's
         resolution. Equal up to float rounding; it skips concatenating, casting and convolving
         ``levels x outputs`` full-resolution channels (lite0 localization at 768x1024 in bf16:
-        first pass 0.49 -> 0.17 s here)."""
+        first pass 0.49 -> 0.18-0.26 s in the benchmark runs here)."""
         out, st = self.num_outputs, self.backbone.strides
         w6 = self.dsn6.weight.flatten(1)
         final: torch.Tensor | None = None
