@@ -136,6 +136,13 @@ def stage_specs(arch: str) -> list[tuple[int, int, int, int, int]]:
     return out
 
 
+def _same_total(n: int, k: int, s: int) -> int:
+    """TF "SAME" total padding of an ``n``-pixel side for kernel ``k``, stride ``s``:
+    ``(ceil(n / s) - 1) * s + k - n`` (at least 0); without branching on ``n`` when ``k >= s``,
+    so a trace keeps it symbolic."""
+    return k - s + (-n) % s if k >= s else max((-(-n // s) - 1) * s + k - n, 0)
+
+
 class Conv2dSame(nn.Conv2d):
     """Bias-free ``nn.Conv2d`` with TensorFlow "SAME" padding (output ``ceil(n / stride)``).
 
@@ -153,8 +160,7 @@ class Conv2dSame(nn.Conv2d):
         """``x`` padded as TF "SAME" does (the graph form: traceable for dynamic ONNX sizes)."""
         pads = []
         for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
-            # (ceil(n / s) - 1) * s + k - n; without branching on n when k >= s (traceable)
-            total = k - s + (-n) % s if k >= s else max((-(-n // s) - 1) * s + k - n, 0)
+            total = _same_total(n, k, s)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads
         return F.pad(x, (left, right, top, bottom))
@@ -167,7 +173,7 @@ class Conv2dSame(nn.Conv2d):
             return weight, (int(self.padding[0]), int(self.padding[1]))
         padding, front = [], []
         for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
-            total = max((-(-n // s) - 1) * s + k - n, 0)
+            total = _same_total(n, k, s)
             padding.append(total - total // 2)
             front.append(total % 2)
         if front[0] or front[1]:
@@ -203,17 +209,17 @@ class Conv2dSame(nn.Conv2d):
         BatchNorm moved the first-pass count of a trained lite0 by -0.4 to -0.9 % from fp32 on
         ShanghaiTech photos (systematically, also with a float32 bias); as here, within 0.25 %."""
         fold = not (bn.training or torch.is_grad_enabled())
-        autocast = fold and torch.is_autocast_enabled(x.device.type)
-        if autocast:
+        fused = False  # oneDNN's fused convolution
+        if fold and torch.is_autocast_enabled(x.device.type):
             fold = relu6 and self.groups == 1
-            autocast = fold and _FUSED_CONV and x.device.type == "cpu" and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            fused = fold and _FUSED_CONV and x.device.type == "cpu" and torch.get_autocast_dtype("cpu") == torch.bfloat16
         if not fold:
             y = bn(self(x))
             return F.relu6(y) if relu6 else y
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         weight = self.weight * scale.reshape(-1, 1, 1, 1)
         bias = bn.bias - bn.running_mean * scale
-        if autocast:
+        if fused:
             weight, padding = self._same_args(x, weight)
             return torch.ops.mkldnn._convolution_pointwise(
                 x.to(torch.bfloat16), weight.to(torch.bfloat16), bias.float(), list(padding), list(self.stride),

@@ -182,15 +182,22 @@ class LazyFeatures:
         with self._ctx():
             return torch.cat([self._fpn._feature(p, s, H, W) for p, s in zip(self.maps, self.strides)], 1)
 
-    def _level_crops(self, box: tuple[int, int, int, int], check_only: bool = False) -> list[torch.Tensor] | None:
+    def _windowed(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+        """The checked integer ``(x, y, w, h)`` when a region can be computed from windows of the
+        levels (corner-aligned FPN, power-of-two strides), else None."""
         x, y, w, h = (int(v) for v in box)
         H, W = self.size
         if w < 1 or h < 1 or x < 0 or y < 0 or x + w > W or y + h > H:
             raise ValueError(f"region (x={x}, y={y}, w={w}, h={h}) is empty or outside the {H}x{W} map")
         if not self._fpn.corner_aligned or not all(_power_of_two(s) for s in self.strides):
             return None
-        if check_only:
-            return []
+        return x, y, w, h
+
+    def _level_crops(self, box: tuple[int, int, int, int]) -> list[torch.Tensor] | None:
+        xywh = self._windowed(box)
+        if xywh is None:
+            return None
+        x, y, w, h = xywh
         return [_window_up_corner(p, s, (y, h), (x, w)) for p, s in zip(self.maps, self.strides)]
 
     def crop(self, box: tuple[int, int, int, int]) -> torch.Tensor:
@@ -208,13 +215,14 @@ class LazyFeatures:
         equal to pooling the float32 region up to rounding, so under bf16 autocast more precise
         than pooling the bf16 crop); in training each level's region is upsampled and pooled (the
         numerics training always had); other FPNs pool :meth:`crop`."""
-        with self._ctx():
-            crops = self._level_crops(box, check_only=not torch.is_grad_enabled())
-            if crops is None:
+        xywh = self._windowed(box)
+        if xywh is None:
+            with self._ctx():
                 return F.adaptive_avg_pool2d(self.crop(box), (size, size))
-            if crops:  # training: the region upsampled level by level (its numerics unchanged)
-                return torch.cat([F.adaptive_avg_pool2d(c, (size, size)) for c in crops], 1)
-        x, y, w, h = (int(v) for v in box)
+        if torch.is_grad_enabled():  # training: the region upsampled level by level
+            with self._ctx():
+                return torch.cat([F.adaptive_avg_pool2d(c, (size, size)) for c in self._level_crops(box)], 1)
+        x, y, w, h = xywh
         return torch.cat([_pool_up_corner(p, s, (y, h), (x, w), size) for p, s in zip(self.maps, self.strides)], 1)
 
 
@@ -261,8 +269,8 @@ def _pool_up_corner(p: torch.Tensor, stride: int, rows: tuple[int, int], cols: t
     mw, c, d = _pool_matrix(x, w, stride, p.shape[-1], size)
     win = p[..., a:b, c:d].permute(0, 2, 3, 1).float()  # (B, h, w, C): channels-last maps stay in place
     with torch.autocast(p.device.type, enabled=False):
-        rows = torch.einsum("sh,bhwc->bswc", torch.from_numpy(mh).to(win), win)
-        return torch.einsum("bswc,tw->bcst", rows, torch.from_numpy(mw).to(win)).contiguous()
+        pooled_rows = torch.einsum("sh,bhwc->bswc", torch.from_numpy(mh).to(win), win)
+        return torch.einsum("bswc,tw->bcst", pooled_rows, torch.from_numpy(mw).to(win)).contiguous()
 
 
 def _window_up_corner(p: torch.Tensor, stride: int, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
