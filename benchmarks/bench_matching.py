@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {kind: _micro(ours_rows[k]) for k, kind in enumerate(kinds)}
     result = {
         "benchmark": "matching",
-        "command": "python benchmarks/bench_matching.py" + ("" if argv is None else " " + " ".join(argv)),
+        "command": " ".join(["python benchmarks/bench_matching.py", *(sys.argv[1:] if argv is None else argv)]),
         "seed": SEED,
         "data": {"gt": str(args.gt), "pred": str(args.pred), "n_images": len(ids)},
         "seconds": {

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from autoscale.cli import main as cli_main
 from autoscale.errors import DataError
@@ -196,3 +200,114 @@ def test_counts_and_meta_files(tmp_path):
     m.write_text("3110 1 7\n")
     with pytest.raises(DataError, match="line 1: .*out of range"):
         read_nwpu_meta(m)
+
+
+# ---------------------------------------------------------------- fast reader and two-process scoring
+
+_WS = st.sampled_from([" ", "  ", "\t", " \t "])
+
+
+@st.composite
+def _integer_point_file(draw, per_point: int) -> tuple[str, dict[int, list[int]]]:
+    """An all-integer point file (random spacing, blank lines, LF or CRLF) and what it holds."""
+    ids = draw(st.lists(st.integers(0, 10**6), min_size=1, max_size=6, unique=True))
+    records, lines = {}, []
+    for i in ids:
+        n = draw(st.integers(0, 4))
+        vals = draw(st.lists(st.integers(0, 2**31 - 1), min_size=n * per_point, max_size=n * per_point))
+        records[i] = vals
+        sep = draw(_WS)
+        lines.append(draw(st.sampled_from(["", " "])) + sep.join(str(v) for v in [i, n, *vals]))
+        if draw(st.booleans()):
+            lines.append(draw(st.sampled_from(["", "  ", "\t"])))
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    return end.join(lines) + draw(st.sampled_from(["", end])), records
+
+
+def _general_only(monkeypatch):
+    import autoscale.metrics.nwpu as nwpu
+    monkeypatch.setattr(nwpu, "_integer_records", lambda data, per_point: None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_integer_point_file(5))
+def test_fast_gt_reader_equals_the_per_token_reader(tmp_path, monkeypatch, case):
+    import autoscale.metrics.nwpu as nwpu
+    text, records = case
+    p = tmp_path / "gt.txt"
+    p.write_bytes(text.encode())
+    assert nwpu._integer_records(text.encode(), 5) is not None  # the fast path took it
+    fast = read_loc_gt(p)
+    with monkeypatch.context() as m:
+        _general_only(m)
+        slow = read_loc_gt(p)
+    assert list(fast) == list(slow) == list(records)
+    for k, v in records.items():
+        want = np.array(v, dtype=np.float64).reshape(-1, 5)
+        np.testing.assert_array_equal(fast[k].points, want[:, :2])
+        for a, b in zip(fast[k], slow[k]):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_integer_point_file(2))
+def test_fast_pred_reader_equals_the_per_token_reader(tmp_path, monkeypatch, case):
+    text, records = case
+    p = tmp_path / "pred.txt"
+    p.write_bytes(text.encode())
+    fast = read_loc_pred(p)
+    with monkeypatch.context() as m:
+        _general_only(m)
+        slow = read_loc_pred(p)
+    assert list(fast) == list(slow) == list(records)
+    for k, v in records.items():
+        assert fast[k].dtype == slow[k].dtype == np.float64
+        np.testing.assert_array_equal(fast[k], np.array(v, dtype=np.float64).reshape(-1, 2))
+        np.testing.assert_array_equal(fast[k], slow[k])
+
+
+@pytest.mark.parametrize("text", [
+    "1 1 -3 4\n",            # a sign
+    "1 1 3.5 4\n",           # a decimal
+    "1 1 3 4\r2 0\n",        # a lone CR is a line break for the per-token reader
+    "1 1 3 4\n1 0\n",        # duplicate id (error)
+    "1 2 3 4\n",             # too few tokens (error)
+    "1 1 1234567890123456 4\n",  # 16 digits
+    "1\n",                   # header only (error)
+])
+def test_fast_reader_leaves_everything_else_to_the_per_token_reader(tmp_path, monkeypatch, text):
+    import autoscale.metrics.nwpu as nwpu
+    assert nwpu._integer_records(text.encode(), 2) is None
+    p = tmp_path / "pred.txt"
+    p.write_bytes(text.encode())
+    try:
+        got = read_loc_pred(p)
+    except DataError as exc:
+        got = str(exc)
+    _general_only(monkeypatch)
+    try:
+        want = read_loc_pred(p)
+    except DataError as exc:
+        want = str(exc)
+    if isinstance(want, str):
+        assert got == want and "pred.txt" in want and "line " in want
+    else:
+        assert list(got) == list(want) and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_two_process_scoring_equals_one_process(shared_data):
+    ref = shared_data / "eval_reference" / "nwpu_val"
+    gt = dict(list(read_loc_gt(ref / "val_gt_loc.txt").items())[:80])
+    pred = {k: v for k, v in read_loc_pred(ref / "pred_raz_loc.txt").items() if k in gt}
+    one = score_loc(gt, pred, ["small", "large", 8.0], workers=1)
+    two = score_loc(gt, pred, ["small", "large", 8.0], workers=2)
+    assert one == two
+    assert one["loc"]["large"]["tp"] > 0
+
+
+def test_reading_the_files_does_not_import_the_matcher():
+    code = ("import sys, autoscale.metrics.nwpu as n; "
+            "print(int(any(m.startswith(('scipy.sparse', 'scipy.spatial', 'torch')) for m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0"

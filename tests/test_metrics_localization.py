@@ -63,6 +63,25 @@ def test_matching_equals_exhaustive_on_random_small_cases():
             assert allowed[j][i]
 
 
+def test_candidate_pairs_equal_brute_force_where_many_neighbours_are_in_range():
+    """The k-NN query keeps a few neighbours per GT point; crowded points (more than that in
+    range) must still get every pair, including pairs exactly at the radius."""
+    from autoscale.metrics.localization import _KNN, _candidates
+    rng = np.random.default_rng(1)
+    crowded = 0
+    for _ in range(200):
+        n_p, n_g = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+        pred = rng.integers(0, 8, size=(n_p, 2)).astype(float)
+        gt = rng.integers(0, 8, size=(n_g, 2)).astype(float)
+        radius = rng.integers(0, 6, size=n_g).astype(float)
+        gi, pi, d2 = _candidates(pred, gt, radius)
+        want = sorted((j, i) for j in range(n_g) for i in range(n_p) if math.dist(pred[i], gt[j]) <= radius[j])
+        assert list(zip(gi.tolist(), pi.tolist())) == want
+        np.testing.assert_array_equal(d2, ((pred[pi] - gt[gi]) ** 2).sum(axis=1))
+        crowded += int(np.any(np.bincount(gi, minlength=n_g) > _KNN))
+    assert crowded > 50  # the ball-query path ran
+
+
 def test_greedy_nearest_is_suboptimal_but_we_are_not():
     # GT A (0,0), GT B (4,0), threshold 3. p1 (1,0) is nearest to A; p2 (-2,0) only reaches A.
     # Greedy nearest-first gives A-p1 and leaves B unmatched; the maximum matching is A-p2, B-p1

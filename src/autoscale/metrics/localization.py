@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, NamedTuple, Sequence
 
 import numpy as np
-from scipy.sparse import csr_matrix
+from scipy.sparse import csr_array
 from scipy.sparse.csgraph import maximum_bipartite_matching
 from scipy.spatial import cKDTree
 
@@ -41,6 +41,10 @@ __all__ = [
     "qnrf_average_metrics",
     "per_level_recall",
 ]
+
+#: Neighbours per GT point taken from the k-NN query in ``_candidates`` (measured on NWPU val:
+#: with 4, 0.4 % of GT points need the ball query; 2 leaves 8 %, 8 is no faster).
+_KNN = 4
 
 
 @dataclass(frozen=True)
@@ -74,13 +78,33 @@ def _as_thresholds(thresholds: float | np.ndarray | Sequence[float], n: int) -> 
 
 
 def _candidates(pred: np.ndarray, gt: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (gt index, pred index, squared distance) with distance <= radius[gt] (exact test)."""
+    """All (gt index, pred index, squared distance) with distance <= radius[gt] (exact test), sorted
+    by gt index, then pred index.
+
+    The few nearest predictions of every GT point come from one vectorised k-NN query; only the GT
+    points whose k-th neighbour is still inside their radius (crowded ones) are asked for all
+    neighbours in the radius (a ball query, which builds Python lists and costs far more per pair).
+    """
     tree = cKDTree(pred)
     # Slightly enlarged radii so the tree never drops a boundary pair; the exact test follows.
-    hits = tree.query_ball_point(gt, r=radius * (1 + 1e-6) + 1e-6, return_sorted=False)
-    lens = np.fromiter(map(len, hits), dtype=np.int64, count=len(hits))
-    gi = np.repeat(np.arange(len(gt), dtype=np.int64), lens)
-    pi = np.fromiter(itertools.chain.from_iterable(hits), dtype=np.int64, count=int(lens.sum()))
+    r = radius * (1 + 1e-6) + 1e-6
+    k = min(_KNN, len(pred))
+    dist, idx = tree.query(gt, k=k, distance_upper_bound=float(r.max()))
+    dist, idx = dist.reshape(len(gt), k), idx.reshape(len(gt), k)
+    inside = dist <= r[:, None]  # absent neighbours have dist inf
+    more = inside[:, -1].copy() if k < len(pred) else np.zeros(len(gt), dtype=bool)
+    inside[more] = False
+    gi, col = np.nonzero(inside)
+    pi = idx[gi, col]
+    if more.any():
+        rows = np.flatnonzero(more)
+        hits = tree.query_ball_point(gt[rows], r=r[rows], return_sorted=False)
+        lens = np.fromiter(map(len, hits), dtype=np.int64, count=len(hits))
+        gi = np.concatenate([gi, np.repeat(rows, lens)])
+        pi = np.concatenate([pi, np.fromiter(itertools.chain.from_iterable(hits), dtype=np.int64,
+                                             count=int(lens.sum()))])
+    order = np.lexsort((pi, gi))
+    gi, pi = gi[order].astype(np.int64), pi[order].astype(np.int64)
     d2 = ((pred[pi] - gt[gi]) ** 2).sum(axis=1)
     keep = d2 <= radius[gi] ** 2
     return gi[keep], pi[keep], d2[keep]
@@ -99,7 +123,10 @@ def _overflow_scale(pred: np.ndarray, gt: np.ndarray, thresholds: list[np.ndarra
 def _max_matching(gi: np.ndarray, pi: np.ndarray, n_gt: int, n_pred: int) -> MatchResult:
     if gi.size == 0:
         return MatchResult(0, n_pred, n_gt, np.zeros((0, 2), dtype=np.int64))
-    graph = csr_matrix((np.ones(gi.size, dtype=np.int8), (gi, pi)), shape=(n_gt, n_pred))
+    # gi is sorted (see _candidates): the CSR rows are given directly, without a COO conversion
+    indptr = np.zeros(n_gt + 1, dtype=np.int64)
+    np.cumsum(np.bincount(gi, minlength=n_gt), out=indptr[1:])
+    graph = csr_array((np.ones(gi.size, dtype=np.int8), pi, indptr), shape=(n_gt, n_pred))
     match = maximum_bipartite_matching(graph, perm_type="column")  # per GT row: pred col or -1
     gt_idx = np.flatnonzero(match >= 0)
     pairs = np.column_stack([match[gt_idx], gt_idx]).astype(np.int64)

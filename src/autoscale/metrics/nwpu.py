@@ -16,6 +16,7 @@ the line number.
 from __future__ import annotations
 
 import math
+import sys
 from os import PathLike
 from pathlib import Path
 from typing import Iterable, Literal, Mapping, NamedTuple
@@ -50,19 +51,63 @@ class LocGT(NamedTuple):
     level: np.ndarray
 
 
-def _lines(path: PathLikeStr) -> Iterable[tuple[int, list[str]]]:
-    """Yield ``(line_number, tokens)`` for the non-blank lines of ``path`` (1-based numbers)."""
-    p = Path(path)
+def _read(path: PathLikeStr) -> bytes:
     try:
-        text = p.read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise DataError(path, f"cannot read: {exc}") from None
+
+
+def _lines(path: PathLikeStr, data: bytes | None = None) -> Iterable[tuple[int, list[str]]]:
+    """Yield ``(line_number, tokens)`` for the non-blank lines of ``path`` (1-based numbers);
+    ``data``: the file's bytes when already read."""
+    try:
+        text = (_read(path) if data is None else data).decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise DataError(path, f"cannot read: {exc}") from None
     for no, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if tokens:
             yield no, tokens
+
+
+_POW10 = 10 ** np.arange(16, dtype=np.int64)
+
+
+def _integer_records(data: bytes, per_point: int) -> list[tuple[int, np.ndarray]] | None:
+    """Fast path of the point-file readers: ``[(id, values (num * per_point,) int64)]`` in file order
+    when every line is a well-formed ``id num v v ...`` record of unsigned decimal integers (what
+    the official files and :func:`write_loc_pred` hold), ids unique; ``None`` for anything else
+    (signs, decimals, other characters, a malformed line), which the general per-token reader
+    then parses or reports with its line number. Vectorised over the bytes: about 10x faster."""
+    if data.translate(None, b"0123456789 \t\r\n"):
+        return None  # a byte other than digits and whitespace
+    b = np.frombuffer(data, dtype=np.uint8)
+    cr = np.flatnonzero(b == 13)
+    if cr.size and (cr[-1] + 1 >= b.size or np.any(b[cr + 1] != 10)):
+        return None  # only CRLF line ends keep str.splitlines()'s line numbering equal to '\n' counting
+    digit = (b - 48) < 10  # uint8 arithmetic wraps below '0'
+    edge = np.diff(digit.view(np.int8), prepend=0, append=0)
+    starts, stops = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
+    if starts.size == 0:
+        return None
+    lengths = stops - starts
+    if lengths.max() > 15:
+        return None
+    d = np.flatnonzero(digit)
+    weights = _POW10[np.repeat(stops - 1, lengths) - d]
+    values = np.add.reduceat((b[d] - 48).astype(np.int64) * weights, np.cumsum(lengths) - lengths)
+    line = np.searchsorted(np.flatnonzero(b == 10), starts)
+    first = np.flatnonzero(np.diff(line, prepend=-1))
+    count = np.diff(first, append=values.size)
+    if np.any(count < 2):
+        return None
+    ids, nums = values[first], values[first + 1]
+    if np.any(count != 2 + per_point * nums) or np.unique(ids).size != ids.size:
+        return None
+    return [(int(i), values[f + 2:f + c]) for i, f, c in zip(ids.tolist(), first.tolist(), count.tolist())]
 
 
 def _int_token(path: PathLikeStr, no: int, token: str, what: str) -> int:
@@ -123,8 +168,20 @@ def read_loc_gt(path: PathLikeStr) -> dict[int, LocGT]:
     (``id 0``), so there is nothing to score against.
     """
     out: dict[int, LocGT] = {}
+    data = _read(path)
+    fast = _integer_records(data, 5)
+    if fast is not None:
+        for img_id, v in fast:
+            vals = v.reshape(-1, 5)
+            if np.any(vals[:, 4] > 2**31 - 1):
+                break  # the general path reports it
+            f = vals[:, :4].astype(np.float64)
+            out[img_id] = LocGT(f[:, 0:2].copy(), f[:, 2].copy(), f[:, 3].copy(), vals[:, 4].copy())
+        else:
+            return out
+        out = {}
     seen: dict[int, int] = {}
-    lines = list(_lines(path))
+    lines = list(_lines(path, data))
     if not lines:
         raise DataError(path, "empty localization ground-truth file: no image lines "
                               "('id num x y sigma_s sigma_l level ...'); nothing to score against")
@@ -161,9 +218,13 @@ def _fmt(v: float) -> str:
 def read_loc_pred(path: PathLikeStr) -> dict[int, np.ndarray]:
     """Read a localization prediction file ``id num x y x y ...`` into ``{id: points (N, 2)}``
     (float64 ``(x, y)``; integer and float tokens are both accepted)."""
+    data = _read(path)
+    fast = _integer_records(data, 2)
+    if fast is not None:
+        return {img_id: v.astype(np.float64).reshape(-1, 2) for img_id, v in fast}
     out: dict[int, np.ndarray] = {}
     seen: dict[int, int] = {}
-    for no, tokens in _lines(path):
+    for no, tokens in _lines(path, data):
         img_id, num = _header(path, no, tokens, seen, 2, "id num x y x y ...")
         out[img_id] = _float_tokens(path, no, tokens[2:]).reshape(num, 2)
     return out
@@ -247,9 +308,16 @@ def read_nwpu_meta(path: PathLikeStr) -> dict[int, tuple[int, int]]:
     return out
 
 
+def _match_images(items: list[tuple[np.ndarray, np.ndarray, list[np.ndarray]]]) -> list[list]:
+    """``match_points_multi`` over ``(pred, gt points, thresholds)`` items (a worker's share)."""
+    from autoscale.metrics.localization import match_points_multi
+
+    return [match_points_multi(p, g, ths) for p, g, ths in items]
+
+
 def score_loc(gt: Mapping[int, LocGT], pred: Mapping[int, np.ndarray],
               sigmas: Iterable[str | float] = ("small", "large"),
-              pred_path: PathLikeStr | None = None) -> dict[str, object]:
+              pred_path: PathLikeStr | None = None, workers: int = 1) -> dict[str, object]:
     """Score parsed localization files the way the official NWPU scorer does.
 
     ``sigmas``: ``"small"`` (each GT point's ``sigma_s``), ``"large"`` (``sigma_l``) or a number
@@ -257,30 +325,44 @@ def score_loc(gt: Mapping[int, LocGT], pred: Mapping[int, np.ndarray],
     from the per-image point counts, "loc": {str(sigma): localization metrics + per-level
     recall}}``. GT images absent from ``pred`` count as zero predictions; a prediction id absent
     from the GT raises :class:`DataError` (naming ``pred_path``).
+
+    ``workers`` > 1 matches the second half of the images in one forked process while this one
+    matches the first (Linux only, where ``fork`` is safe to use; elsewhere one process). Meant for
+    a process that has started no threads (the ``eval-points`` command: no torch); the result is
+    identical.
     """
     from autoscale.metrics.counting import counting_metrics
-    from autoscale.metrics.localization import (localization_metrics, match_points_multi,
-                                                per_level_recall)
+    from autoscale.metrics.localization import localization_metrics, per_level_recall
 
     extra = [i for i in pred if i not in gt]
     if extra:
         more = f" (and {len(extra) - 5} more)" if len(extra) > 5 else ""
         raise DataError(pred_path, f"prediction image id(s) {extra[:5]}{more} not in the ground truth")
+    sigmas = list(sigmas)
     keys = [str(s) if isinstance(s, str) else repr(float(s)) for s in sigmas]
     for s in sigmas:
         if isinstance(s, str) and s not in ("small", "large"):
             raise ValueError(f"sigma must be 'small', 'large' or a number, got {s!r}")
     empty = np.zeros((0, 2), dtype=np.float64)
-    results: list[list] = [[] for _ in keys]
-    gt_counts, pred_counts, levels = [], [], []
+    items = []
     for img_id, g in gt.items():
-        p = pred.get(img_id, empty)
         ths = [g.sigma_s if s == "small" else g.sigma_l if s == "large" else float(s) for s in sigmas]
-        for k, r in enumerate(match_points_multi(p, g.points, ths)):
-            results[k].append(r)
-        gt_counts.append(len(g.points))
-        pred_counts.append(len(p))
-        levels.append(g.level)
+        items.append((pred.get(img_id, empty), g.points, ths))
+    if workers > 1 and sys.platform == "linux" and len(items) > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        work = np.cumsum([len(p) + len(g) for p, g, _ in items])
+        half = int(np.clip(np.searchsorted(work, work[-1] / 2), 1, len(items) - 1))  # equal points
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as ex:
+            second = ex.submit(_match_images, items[half:])
+            matched = _match_images(items[:half]) + second.result()
+    else:
+        matched = _match_images(items)
+    results = [[m[k] for m in matched] for k in range(len(keys))]
+    gt_counts = [len(g.points) for g in gt.values()]
+    pred_counts = [len(p) for p, _, _ in items]
+    levels = [g.level for g in gt.values()]
     loc = {}
     for key, res in zip(keys, results):
         lv = per_level_recall(res, levels)
