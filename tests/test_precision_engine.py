@@ -49,6 +49,36 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return {v: make_checkpoint(d / f"{v}.pt", v) for v in ("regression", "localization")}
 
 
+def test_explicit_bf16_warns_only_where_the_cpu_emulates_it(tiny, monkeypatch):
+    import warnings
+
+    import autoscale.predict as predict
+    monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="without native bfloat16"):
+        assert Predictor.from_checkpoint(tiny["regression"], precision="bf16").bf16
+    assert Predictor.from_checkpoint(tiny["regression"]).precision == "fp32"  # auto: no warning needed
+    monkeypatch.setattr(predict, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Predictor.from_checkpoint(tiny["regression"], precision="bf16").bf16
+
+
+def test_bf16_lite0_runs_on_any_cpu(lite0):
+    """oneDNN's fused bf16 convolution raises on a CPU without AVX512-BW/VL/DQ or AVX-NE-CONVERT
+    (an AVX2-only EPYC did); the fold then takes the plain path and the count stays near fp32."""
+    import warnings
+
+    from autoscale.models import efficientnet_lite as eff
+    img = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        bf16 = Predictor.from_checkpoint(lite0["regression"], precision="bf16", single_pass=True)
+    fp32 = Predictor.from_checkpoint(lite0["regression"], precision="fp32", single_pass=True)
+    assert eff._FUSED_CONV == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    a, b = bf16.predict_array(img).count, fp32.predict_array(img).count
+    assert np.isfinite(a) and abs(a - b) <= 0.05 * abs(b) + 1e-3
+
+
 def test_precision_rule_and_aliases(tiny, lite0):
     small = Predictor.from_checkpoint(tiny["regression"])
     assert sum(p.numel() for p in small.model.counter.parameters()) < AUTO_BF16_MIN_PARAMS

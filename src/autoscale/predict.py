@@ -157,6 +157,10 @@ def resolve_precision(precision: Precision, device: torch.device, model: AutoSca
         if precision == "bf16":
             raise ConfigError("precision 'bf16' needs the torch engine (onnxruntime runs fp32): use --precision fp32 or auto")
         return "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("precision bf16 on a CPU without native bfloat16 (no AVX512-BF16 or AMX): oneDNN "
+                      "emulates it, many times slower than fp32 here; 'auto' picks fp32 on this CPU",
+                      RuntimeWarning, stacklevel=2)
     if precision != "auto":
         return precision
     n_params = sum(p.numel() for p in model.counter.parameters())

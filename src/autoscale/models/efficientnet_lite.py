@@ -228,8 +228,11 @@ class Conv2dSame(nn.Conv2d):
         return F.hardtanh_(y, 0.0, 6.0) if relu6 else y
 
 
-#: oneDNN's fused convolution (bf16 input/weight, float32 bias, post-op) is available
-_FUSED_CONV = hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+#: oneDNN's fused convolution (bf16 input/weight, float32 bias, post-op) is available and this CPU
+#: can run its bf16 path (AVX512-BW/VL/DQ or AVX-NE-CONVERT; on a plain AVX2 CPU it raises)
+_FUSED_CONV = (hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+               and hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
+               and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
