@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoscale.dense_region import Region
 from autoscale.losses import CenterLoss
 from autoscale.models.fpn import FPNOutput
 from autoscale.models.registry import get_model
@@ -273,3 +274,22 @@ def test_joint_loss_reads_full_resolution_features(variant):
     assert ga.keys() == gb.keys() and any(n.startswith("l2s.") for n in ga)
     for n in ga:
         assert torch.equal(ga[n], gb[n]), n
+
+
+def test_a_region_too_small_for_batchnorm_gets_no_reprediction_term_but_its_centre_loss():
+    """The Lite0 localization FPN has BatchNorm in its head; in training mode a zoomed input of
+    at most 32 px per side leaves it one value per channel (torch raises). Such a step keeps the
+    first-pass and centre losses and skips the re-prediction (seen with ``pipeline.zoom=bilinear``,
+    where L2S shrank sparse regions; ``autoscale train`` crashed)."""
+    torch.manual_seed(0)
+    fpn = get_model("fpn_localization", backbone="efficientnet_lite0", width=0.25)
+    l2s = get_model("l2s_localization", in_channels=fpn.feature_channels)
+    model = AutoScale(fpn, l2s, PipelineConfig(variant="localization", zoom="bilinear", region_from="target")).train()
+    img, pts, target = _example("localization", model.config)
+    for box, refined in [((6, 6, 20, 20), False), ((0, 0, 40, 40), True)]:
+        model.dense_regions = lambda first_map, b=box: [Region(*b, b[2] * b[3], 0.3)]
+        model.zero_grad()
+        bd = joint_loss(model, img, pts, target, CenterLoss())
+        assert (bd.refine > 0) == refined and bd.center > 0 and torch.isfinite(bd.total)
+        bd.total.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.l2s.parameters())

@@ -381,17 +381,27 @@ def joint_loss(model: AutoScale, image: torch.Tensor, points: np.ndarray, target
         zoomed = image[:, :, region.y:region.y + region.h, region.x:region.x + region.w]
     else:
         zoomed = zoom_region(image, box, s, method=cfg.zoom)
-    z_out = model.counter(zoomed)
-    h2, w2 = zoomed.shape[-2:]
-    kind = "density" if cfg.variant == "regression" else "distance"
-    z_target = T.region_target(points, box, s_val, kind=kind, sigma=cfg.sigma, edges=cfg.edges, kernel=cfg.kernel)
-    if z_target.shape != (h2, w2):
-        raise RuntimeError(f"regenerated target {z_target.shape} does not match zoomed region {(h2, w2)}")
-    z_points = T.zoom_points(points, box, (h2, w2)) if cfg.density_loss == "bayesian" else None
-    l_refine = pixel_loss(cfg.variant, z_out, _to_tensor(z_target, cfg.variant, image.device), cfg, reduction,
-                          points=z_points)
-    total = l_first + l_refine
-    bd.refine = float(l_refine.detach())
+    try:
+        z_out = model.counter(zoomed)
+    except ValueError as exc:
+        # BatchNorm in training mode cannot normalise one value per channel: a region zoomed so
+        # small (e.g. a sparse region shrunk by L2S) that a BN layer's map is 1x1 gets no
+        # re-prediction term this step; its centre loss below still trains L2S.
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        z_out = None
+    total = l_first
+    if z_out is not None:
+        h2, w2 = zoomed.shape[-2:]
+        kind = "density" if cfg.variant == "regression" else "distance"
+        z_target = T.region_target(points, box, s_val, kind=kind, sigma=cfg.sigma, edges=cfg.edges, kernel=cfg.kernel)
+        if z_target.shape != (h2, w2):
+            raise RuntimeError(f"regenerated target {z_target.shape} does not match zoomed region {(h2, w2)}")
+        z_points = T.zoom_points(points, box, (h2, w2)) if cfg.density_loss == "bayesian" else None
+        l_refine = pixel_loss(cfg.variant, z_out, _to_tensor(z_target, cfg.variant, image.device), cfg, reduction,
+                              points=z_points)
+        total = l_first + l_refine
+        bd.refine = float(l_refine.detach())
     inside = T.region_points(points, box)
     if center is not None and model.l2s is not None and cfg.fixed_scale is None and len(inside) >= cfg.min_region_people:
         if cfg.closeness == "people_number":
