@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,20 @@ def test_checkpoints_come_from_engine_runs_with_model_cards(smoke_out: Path) -> 
         if method == "autoscale":  # branched off the FPN run's kept epoch
             parent = load_checkpoint(ck["config"]["init_from"])
             assert parent["method"] == "fpn" and ck["cpu_seconds"] > parent["cpu_seconds"]
+
+
+def test_two_processes_train_the_same_models_as_one(smoke_out: Path, tmp_path: Path) -> None:
+    """``--jobs 2`` (the default on two CPUs) trains the two variants in spawned processes: the
+    checkpoints' tensors and the metrics equal a run that trains them one after the other."""
+    res2 = json.loads((smoke_out / "results.json").read_text())
+    assert res2["jobs"] == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    one = tmp_path / "one"
+    assert cli_main(["demo", "--out", str(one), "--smoke", "--quiet", "--jobs", "1"]) == 0
+    res1 = json.loads((one / "results.json").read_text())
+    assert res1["jobs"] == 1 and res1["methods"] == res2["methods"]
+    for name in METHODS:
+        a, b = load_checkpoint(one / "checkpoints" / f"{name}.pt"), load_checkpoint(smoke_out / "checkpoints" / f"{name}.pt")
+        for key in ("state_dict", "l2s_state_dict"):
+            sa, sb = a.get(key) or {}, b.get(key) or {}
+            assert sa.keys() == sb.keys() and (key == "l2s_state_dict" or sa)
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), (name, key)

@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--smoke", action="store_true", help="a seconds-long run with tiny images (for testing)")
     p.add_argument("--workers", type=int, default=1, help="processes for drawing the images (default 1)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs of both variants")
+    p.add_argument("--jobs", type=int, choices=(1, 2), default=None,
+                   help="train the regression and localization pairs in 2 processes at once, or 1 after "
+                        "the other (default: 2 on a machine with 2+ CPUs; the same models either way)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1: faster than 2 for the demo's small images)")
     p.add_argument("--no-figures", action="store_true", help="skip the matplotlib figures")
@@ -35,6 +38,6 @@ def _run(args: argparse.Namespace) -> int:
         branch = min(b.branch_epoch, max(0, args.epochs - 1))
         overrides |= {"epochs": args.epochs, "branch_epoch": branch,
                       "loc_epochs": args.epochs, "loc_branch_epoch": branch}
-    run_demo(args.out, seed=args.seed, budget=budget, workers=max(1, args.workers),
+    run_demo(args.out, seed=args.seed, budget=budget, workers=max(1, args.workers), jobs=args.jobs,
              figures=not args.no_figures, verbose=not args.quiet, **overrides)
     return 0
