@@ -229,18 +229,23 @@ def _general_only(monkeypatch):
     monkeypatch.setattr(nwpu, "_integer_records", lambda data, per_point: None)
 
 
+def _fast_and_general(tmp_path, monkeypatch, text: str, reader, per_point: int):
+    """``reader`` on ``text`` by the fast path (asserted taken) and by the per-token reader."""
+    import autoscale.metrics.nwpu as nwpu
+    p = tmp_path / "points.txt"
+    p.write_bytes(text.encode())
+    assert nwpu._integer_records(text.encode(), per_point) is not None
+    fast = reader(p)
+    with monkeypatch.context() as m:
+        _general_only(m)
+        return fast, reader(p)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=_integer_point_file(5))
 def test_fast_gt_reader_equals_the_per_token_reader(tmp_path, monkeypatch, case):
-    import autoscale.metrics.nwpu as nwpu
     text, records = case
-    p = tmp_path / "gt.txt"
-    p.write_bytes(text.encode())
-    assert nwpu._integer_records(text.encode(), 5) is not None  # the fast path took it
-    fast = read_loc_gt(p)
-    with monkeypatch.context() as m:
-        _general_only(m)
-        slow = read_loc_gt(p)
+    fast, slow = _fast_and_general(tmp_path, monkeypatch, text, read_loc_gt, 5)
     assert list(fast) == list(slow) == list(records)
     for k, v in records.items():
         want = np.array(v, dtype=np.float64).reshape(-1, 5)
@@ -254,12 +259,7 @@ def test_fast_gt_reader_equals_the_per_token_reader(tmp_path, monkeypatch, case)
 @given(case=_integer_point_file(2))
 def test_fast_pred_reader_equals_the_per_token_reader(tmp_path, monkeypatch, case):
     text, records = case
-    p = tmp_path / "pred.txt"
-    p.write_bytes(text.encode())
-    fast = read_loc_pred(p)
-    with monkeypatch.context() as m:
-        _general_only(m)
-        slow = read_loc_pred(p)
+    fast, slow = _fast_and_general(tmp_path, monkeypatch, text, read_loc_pred, 2)
     assert list(fast) == list(slow) == list(records)
     for k, v in records.items():
         assert fast[k].dtype == slow[k].dtype == np.float64
