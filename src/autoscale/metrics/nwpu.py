@@ -81,7 +81,7 @@ def _integer_records(data: bytes, per_point: int) -> list[tuple[int, np.ndarray]
     when every line is a well-formed ``id num v v ...`` record of unsigned decimal integers (what
     the official files and :func:`write_loc_pred` hold), ids unique; ``None`` for anything else
     (signs, decimals, other characters, a malformed line), which the general per-token reader
-    then parses or reports with its line number. Vectorised over the bytes: about 10x faster."""
+    then parses or reports with its line number. Vectorised over the bytes: 3-4x faster on NWPU val."""
     if data.translate(None, b"0123456789 \t\r\n"):
         return None  # a byte other than digits and whitespace
     b = np.frombuffer(data, dtype=np.uint8)
