@@ -387,7 +387,7 @@ def default_jobs() -> int:
 
 
 def run_demo(out: str | PathLike[str], *, seed: int = 0, budget: str | DemoBudget = "default",
-             workers: int = 1, jobs: int | None = None, figures: bool = True, verbose: bool = True,
+             workers: int = 1, jobs: int = 1, figures: bool = True, verbose: bool = True,
              **overrides: Any) -> dict[str, Any]:
     """Generate data, train the four models, evaluate them and write the report (see module doc).
 
@@ -399,8 +399,9 @@ def run_demo(out: str | PathLike[str], *, seed: int = 0, budget: str | DemoBudge
         workers: processes for drawing the synthetic images.
         jobs: 2 trains the regression and the localization pair in two processes at once (each
             with ``budget.threads`` torch threads; the same models as one after the other, in about
-            half the wall time on two cores); 1 trains them in this process. Default
-            :func:`default_jobs`.
+            half the wall time on two cores); 1 (default) trains them in this process. The
+            ``autoscale demo`` command passes :func:`default_jobs`. The workers are spawned, so a
+            script that calls this with ``jobs=2`` needs the ``if __name__ == "__main__":`` guard.
         figures: draw figures (needs matplotlib; skipped silently without it).
 
     Returns:
@@ -437,7 +438,7 @@ def run_demo(out: str | PathLike[str], *, seed: int = 0, budget: str | DemoBudge
         paths: dict[str, Path] = {}
         variants = ("regression", "localization")
         args = [(v, out / "data", b, seed, out, verbose) for v in variants]
-        n_jobs = 2 if (default_jobs() if jobs is None else jobs) >= 2 else 1
+        n_jobs = 2 if jobs >= 2 else 1
         if n_jobs == 2:
             import concurrent.futures
             import multiprocessing

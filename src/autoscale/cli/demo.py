@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from autoscale.demo import BUDGETS, run_demo
+    from autoscale.demo import BUDGETS, default_jobs, run_demo
 
     budget = "smoke" if args.smoke else "default"
     overrides: dict = {} if args.threads is None else {"threads": args.threads}
@@ -38,6 +38,6 @@ def _run(args: argparse.Namespace) -> int:
         branch = min(b.branch_epoch, max(0, args.epochs - 1))
         overrides |= {"epochs": args.epochs, "branch_epoch": branch,
                       "loc_epochs": args.epochs, "loc_branch_epoch": branch}
-    run_demo(args.out, seed=args.seed, budget=budget, workers=max(1, args.workers), jobs=args.jobs,
+    run_demo(args.out, seed=args.seed, budget=budget, workers=max(1, args.workers), jobs=args.jobs or default_jobs(),
              figures=not args.no_figures, verbose=not args.quiet, **overrides)
     return 0
