@@ -170,16 +170,13 @@ def read_loc_gt(path: PathLikeStr) -> dict[int, LocGT]:
     out: dict[int, LocGT] = {}
     data = _read(path)
     fast = _integer_records(data, 5)
-    if fast is not None:
+    # a level beyond int32 is left to the general path, which reports it
+    if fast is not None and all(v[4::5].max(initial=0) <= 2**31 - 1 for _, v in fast):
         for img_id, v in fast:
             vals = v.reshape(-1, 5)
-            if np.any(vals[:, 4] > 2**31 - 1):
-                break  # the general path reports it
             f = vals[:, :4].astype(np.float64)
             out[img_id] = LocGT(f[:, 0:2].copy(), f[:, 2].copy(), f[:, 3].copy(), vals[:, 4].copy())
-        else:
-            return out
-        out = {}
+        return out
     seen: dict[int, int] = {}
     lines = list(_lines(path, data))
     if not lines:
