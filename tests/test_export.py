@@ -58,3 +58,28 @@ def test_missing_onnx_says_how_to_install(tmp_path, monkeypatch):
     with pytest.raises(AutoScaleError, match=r"pip install autoscale\[onnx\]"):
         export_onnx(ck, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_wrappers_skip_the_side_maps():
+    """The exported first pass computes ``final`` without the full-resolution side maps (the FPN's
+    ``side_outputs=False``: ``dsn6`` as a module never runs, its weights are folded per level);
+    the same values as the side-map path. A counter without side maps exports unchanged."""
+    from autoscale.export import FinalMap, MapAndFeatures
+
+    torch.manual_seed(0)
+    fpn = get_model("fpn_localization", width=0.0625).eval()
+    calls = []
+    fpn.dsn6.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        ref = fpn(x)
+        assert len(calls) == 1 and len(ref.side) >= 4  # default with autograd bookkeeping: side maps
+        got = FinalMap(fpn)(x)
+        got_map, got_feats = MapAndFeatures(fpn)(x)
+    assert len(calls) == 1  # the wrappers never ran dsn6 on concatenated side maps
+    torch.testing.assert_close(got, ref.final, rtol=1e-4, atol=1e-5 * float(ref.final.abs().max()))
+    torch.testing.assert_close(got_map, got)
+    assert got_feats.shape[-2:] == x.shape[-2:]
+    csr = get_model("csrnet_regression", width=0.0625).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(FinalMap(csr)(x), csr(x).final)

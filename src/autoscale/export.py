@@ -16,6 +16,7 @@ which works offline; onnx / onnxruntime are the optional extra ``pip install aut
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import warnings
@@ -34,15 +35,22 @@ from autoscale.pipeline import PipelineConfig
 __all__ = ["FinalMap", "MapAndFeatures", "OrtCounter", "export_onnx", "check_onnx"]
 
 
+def _no_side(counter: nn.Module) -> dict[str, Any]:
+    """The forward keywords that make ``counter`` skip full-resolution side maps (FPNs have them;
+    the other counters never compute any), so the traced graph holds only what ``final`` needs."""
+    return {"side_outputs": False} if "side_outputs" in inspect.signature(counter.forward).parameters else {}
+
+
 class FinalMap(nn.Module):
     """Wrap an FPN so ``forward(image) -> final map`` (no side outputs, no features)."""
 
     def __init__(self, fpn: nn.Module):
         super().__init__()
         self.fpn = fpn
+        self._kw = _no_side(fpn)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.fpn(image).final
+        return self.fpn(image, **self._kw).final
 
 
 class MapAndFeatures(nn.Module):
@@ -52,9 +60,10 @@ class MapAndFeatures(nn.Module):
     def __init__(self, fpn: nn.Module):
         super().__init__()
         self.fpn = fpn
+        self._kw = _no_side(fpn)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.fpn(image, return_features=True)
+        out = self.fpn(image, return_features=True, **self._kw)
         return out.final, out.features
 
 

@@ -427,11 +427,15 @@ class _FPNBase(nn.Module):
     def _feature(self, p: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
         return self._upsample(p, stride, h, w)
 
-    def forward(self, x: torch.Tensor, return_features: bool | str = False) -> FPNOutput:
+    def forward(self, x: torch.Tensor, return_features: bool | str = False, *,
+                side_outputs: bool | None = None) -> FPNOutput:
         """``x``: ``(B, 3, H, W)`` normalised with :attr:`normalization`; outputs are ``(B, ., H, W)``.
 
         ``return_features``: True for the full-resolution L2S feature tensor, ``"lazy"`` for a
-        :class:`LazyFeatures` (the same values, computed only where they are read)."""
+        :class:`LazyFeatures` (the same values, computed only where they are read).
+        ``side_outputs``: compute the full-resolution side maps (deep supervision) and ``final``
+        from them; False gives ``final`` without them (:meth:`_fused_final`, ``side`` empty; the
+        ONNX export traces this); None (default): side maps except in inference mode."""
         H, W = x.shape[-2:]
         cs = self.backbone(self._input(x))
         st = self.backbone.strides
@@ -448,7 +452,9 @@ class _FPNBase(nn.Module):
                 top = getattr(self, f"up{k + 1}")(top)
             ps[k] = F.relu(torch.cat([lateral, center_crop(top, *c.shape[-2:])], 1))
         heads = {k: F.relu(ps[5]) if k == 5 else ps[k] for k in levels}
-        if torch.is_inference_mode_enabled():
+        if side_outputs is None:
+            side_outputs = not torch.is_inference_mode_enabled()
+        if not side_outputs:
             side: list[torch.Tensor] = []
             final = self._fused_final(heads, H, W)
         else:
@@ -462,7 +468,7 @@ class _FPNBase(nn.Module):
         return FPNOutput(final, side, feats)
 
     def _fused_final(self, heads: dict[int, torch.Tensor], h: int, w: int) -> torch.Tensor:
-        """``dsn6(cat(side))`` without the full-resolution side maps (inference only).
+        """``dsn6(cat(side))`` without the full-resolution side maps (for inference).
 
         ``dsn6`` is a 1x1 convolution and the side maps are per-channel bilinear upsamplings
         (and crops) of 1x1 convolutions of the levels, all linear: so ``final = sum_k
