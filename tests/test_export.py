@@ -73,7 +73,7 @@ def test_export_wrappers_skip_the_side_maps():
     x = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         ref = fpn(x)
-        assert len(calls) == 1 and len(ref.side) >= 4  # default with autograd bookkeeping: side maps
+        assert len(calls) == 1 and len(ref.side) >= 4  # default outside inference mode: side maps
         got = FinalMap(fpn)(x)
         got_map, got_feats = MapAndFeatures(fpn)(x)
     assert len(calls) == 1  # the wrappers never ran dsn6 on concatenated side maps
