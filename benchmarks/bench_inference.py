@@ -22,8 +22,8 @@ for the network, :func:`autoscale.runner.predict_paths` for folders). Per method
 Also: the CSRNet peer (``csrnet_regression``, fp32, single pass); folder throughput
 (``predict_paths`` on ``--folder-images`` real photos with maps, points and overlays, streamed and
 sequential) over network-only throughput (``predict_array`` on the same decoded images); bf16 vs
-fp32 counts on real photos (lite0 with an ImageNet backbone and untrained head, and ``--trained``
-checkpoints when given).
+fp32 first-pass counts on ``--check-images`` real photos (lite0 with an ImageNet backbone and
+untrained head, and ``--trained`` checkpoints when given).
 
 Weights: the trainer's ``build_model`` (official init, seeded; lite0 with its installed ImageNet
 weights when present). The machine is shared: compare ratios measured in one run.
@@ -265,12 +265,13 @@ def bf16_count_check(ckpts: dict[str, Any], n: int, max_side: int) -> dict[str, 
     for label, ck in ckpts.items():
         f = Predictor.from_checkpoint(ck, precision="fp32", max_side=max_side, single_pass=True)
         b = Predictor.from_checkpoint(ck, precision="bf16", max_side=max_side, single_pass=True)
-        diffs = []
+        signed = []
         for r in recs:
             cf, cb = f(r.image_path).count, b(r.image_path).count
-            diffs.append(abs(cb - cf) / abs(cf))
+            signed.append((cb - cf) / abs(cf))
+        diffs = [abs(d) for d in signed]
         out[label] = {"images": [r.name for r in recs], "max_side": max_side, "rel_diffs": diffs,
-                      "max_rel_diff": max(diffs)}
+                      "max_rel_diff": max(diffs), "mean_signed_rel_diff": statistics.fmean(signed)}
     return out
 
 
@@ -325,8 +326,10 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                   f"maps + points + overlays): streamed {f['streamed_images_per_s']:.2f} images/s, sequential "
                   f"{f['sequential_images_per_s']:.2f}, network only {f['network_only_images_per_s']:.2f}: "
                   f"throughput ratio {f['throughput_ratio']:.2f} (sequential {f['throughput_ratio_sequential']:.2f}).",
-              "", "bf16 vs fp32 first-pass counts (relative difference): " + "; ".join(
-                  f"{k}: " + ", ".join(f"{d:.2%}" for d in v["rel_diffs"]) for k, v in res["bf16_count_check"].items()),
+              "", "bf16 vs fp32 first-pass counts (relative difference, ShanghaiTech B test photos at max side "
+                  f"{next(iter(res['bf16_count_check'].values()))['max_side']}): " + "; ".join(
+                  f"{k}: {len(v['rel_diffs'])} photos, max {v['max_rel_diff']:.2%}, mean signed "
+                  f"{v['mean_signed_rel_diff']:+.2%}" for k, v in res["bf16_count_check"].items()),
               "", "Targets: " + ", ".join(f"{k}: {v}" for k, v in res["targets"].items())]
     path.write_text("\n".join(lines) + "\n")
 
@@ -339,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--folder-images", type=int, default=8)
     ap.add_argument("--trained", action="append", default=[], help="trained checkpoint(s) for the bf16 count check")
+    ap.add_argument("--check-images", type=int, default=20, help="ShanghaiTech B test photos in the bf16 count check")
     ap.add_argument("--all", action="store_true", help="also VGG16 localization, VGG16 onnxruntime, lite0 "
                                                          "localization fp32 (much longer)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -391,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  else make_checkpoint("efficientnet_lite0", "regression", 1.0)}
     for path in a.trained:
         check_cks[f"trained:{path}"] = path
-    bf16_check = bf16_count_check(check_cks, 2 if a.tiny else 3, 128 if a.tiny else 512)
+    bf16_check = bf16_count_check(check_cks, 2 if a.tiny else a.check_images, 128 if a.tiny else 512)
     loc_shares = [r["count_share"] for r in methods.values() if "count_share" in r]
     targets: dict[str, Any] = {}
     if not a.tiny:

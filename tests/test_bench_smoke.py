@@ -49,6 +49,9 @@ def test_files_and_definitions(tiny):
             assert r["count_share"] == pytest.approx(r["count_s"] / (r["total_s"] - r["count_s"]))
     f = saved["folder"]
     assert f["throughput_ratio"] == pytest.approx(f["streamed_images_per_s"] / f["network_only_images_per_s"])
+    for v in saved["bf16_count_check"].values():
+        assert v["max_rel_diff"] == max(v["rel_diffs"]) and abs(v["mean_signed_rel_diff"]) <= v["max_rel_diff"]
+        assert f"{len(v['rel_diffs'])} photos, max {v['max_rel_diff']:.2%}" in md
 
 
 def test_flops_and_counts_match_independent_recomputation(tiny):

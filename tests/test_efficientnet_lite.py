@@ -334,8 +334,9 @@ def test_folded_batchnorm_inference_equals_training_graph():
             got = bb(x)
         for r, g in zip(ref, got):
             torch.testing.assert_close(g, r.detach(), rtol=1e-4, atol=1e-4 * float(r.abs().max()))
-    # bf16 autocast: stem and expansions folded (oneDNN fused convolution where torch has it,
-    # else a plain folded convolution): the levels match the unfolded bf16 graph to bf16 rounding
+    # bf16 autocast: stem, expansions and depthwise folded (oneDNN fused convolution where torch
+    # has it, else a plain folded convolution): the levels match the unfolded bf16 graph to bf16
+    # rounding
     x = torch.randn(1, 3, 37, 53).contiguous(memory_format=torch.channels_last)
     bbc = bb.to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -353,6 +354,64 @@ def test_folded_batchnorm_inference_equals_training_graph():
     with torch.no_grad():
         trained_mode = bb(torch.randn(2, 3, 16, 16))
     assert all(torch.isfinite(t).all() for t in trained_mode)
+
+
+def test_round_preserving_sums_is_faithful_and_keeps_channel_sums():
+    """Every element is one of its two bf16 neighbours (exact values stay exact); each output
+    channel's sum error is never above nearest rounding's and at most half the largest
+    neighbour gap in the channel; memory format kept."""
+    torch.manual_seed(5)
+    w = torch.randn(64, 24, 3, 3) * torch.logspace(-3, 0, 64).reshape(-1, 1, 1, 1)
+    w[0, :4] = torch.tensor([0.5, 1.0, -2.0, 0.25]).reshape(4, 1, 1)  # exactly representable
+    w = w.contiguous(memory_format=torch.channels_last)
+    r = lite_mod.round_preserving_sums(w)
+    assert r.dtype == torch.bfloat16 and r.shape == w.shape
+    assert r.is_contiguous(memory_format=torch.channels_last)
+    near = w.to(torch.bfloat16)
+    other = torch.nextafter(near, torch.where(near.float() < w, torch.tensor(float("inf")),
+                                              torch.tensor(float("-inf"))).to(torch.bfloat16))
+    exact = near.float() == w
+    assert torch.equal(r[exact], near[exact])
+    assert bool(((r == near) | ((r == other) & ~exact)).all())
+    err = (w - r.float()).sum((1, 2, 3)).abs()
+    err_near = (w - near.float()).sum((1, 2, 3)).abs()
+    gap = (other.float() - near.float()).abs().flatten(1).max(1).values
+    assert bool((err <= err_near + 1e-9).all())
+    assert bool((err <= gap / 2 + 1e-7 * w.abs().flatten(1).sum(1)).all())
+    assert float(err.mean()) < 0.2 * float(err_near.mean())
+
+
+def test_folded_weights_follow_parameter_changes():
+    """The folded (weight, bias) kept between inference calls is recomputed when a parameter or
+    BN statistic changes in place (optimiser step, load_state_dict) or the module moves: the
+    folded output always equals the unfolded graph on the current values."""
+    torch.manual_seed(3)
+    conv, bn = lite_mod.Conv2dSame(4, 8, 3), torch.nn.BatchNorm2d(8, eps=1e-3).eval()
+    x = torch.randn(1, 4, 9, 11)
+
+    def check() -> None:
+        with torch.inference_mode():
+            got = conv.forward_bn(x, bn, True)
+        ref = torch.nn.functional.relu6(bn(conv(x)))  # autograd on: never folded
+        torch.testing.assert_close(got, ref.detach(), rtol=1e-5, atol=1e-5)
+
+    check()
+    first = conv._fold_cache[1]
+    check()
+    assert conv._fold_cache[1] is first  # kept while nothing changed
+    opt = torch.optim.SGD(list(conv.parameters()) + list(bn.parameters()), lr=0.5)
+    (conv(x).sum() + bn.weight.sum() * 3).backward()
+    opt.step()  # in-place parameter updates
+    check()
+    assert conv._fold_cache[1] is not first
+    with torch.no_grad():
+        bn.running_var.mul_(4.0)
+    check()
+    bn.load_state_dict({k: v * 0.5 for k, v in bn.state_dict().items()})
+    check()
+    conv.to(torch.float64), bn.to(torch.float64)
+    x = x.double()
+    check()
 
 
 @pytest.mark.parametrize("cls", [RegressionFPN, LocalizationFPN])

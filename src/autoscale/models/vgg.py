@@ -288,7 +288,10 @@ def normalize(
         t = t.unsqueeze(0)
     if t.ndim != 4 or t.shape[1] != 3:
         raise ValueError(f"expected (3, H, W) or (B, 3, H, W), got {tuple(t.shape)}")
-    t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
-    m = torch.tensor(mean, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
-    return (t - m) / s
+    unit = 255.0 if t.dtype == torch.uint8 else 1.0
+    if t.dtype != torch.uint8:
+        t = t.float()
+    # one pass: x * (1 / (unit * std)) - mean / std (uint8 is promoted inside the op)
+    scale = torch.tensor([1.0 / (unit * v) for v in std], dtype=torch.float32, device=t.device).view(1, 3, 1, 1)
+    shift = torch.tensor([-a / b for a, b in zip(mean, std)], dtype=torch.float32, device=t.device).view(1, 3, 1, 1)
+    return torch.addcmul(shift, t, scale)
