@@ -177,7 +177,7 @@ def measure_method(ckpt: dict[str, Any], photo: dict[str, Any], *, precision: st
     force_region(p, photo["region"])
     img = photo["image"]
     x = p.model.prepare(img)
-    if p.bf16:
+    if p.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     first_s, first_runs = _median_time(lambda: first_pass(p, x), repeats, warmup)
     res = p.run_network_frame(img)
@@ -401,9 +401,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not a.tiny:
         vgg = methods[f"vgg16_regression_bf16_{size[0]}x{size[1]}"]
         lite = methods[f"lite0_regression_bf16_{size[0]}x{size[1]}"]
+        lite32 = methods[f"lite0_regression_fp32_{size[0]}x{size[1]}"]
         targets = {
             "vgg16_two_pass_bf16_within_2x_floor": {"measured": vgg["ratio_to_floor"], "met": vgg["ratio_to_floor"] <= 2.0},
-            "lite0_two_pass_>=6_images_per_s": {"measured": lite["images_per_s"], "met": lite["images_per_s"] >= 6.0},
+            "lite0_two_pass_>=6_images_per_s": {"measured": lite["images_per_s"], "met": lite["images_per_s"] >= 6.0,
+                                                "precision": "bf16 (opt-in)",
+                                                "default_fp32_images_per_s": lite32["images_per_s"],
+                                                "default_fp32_met": lite32["images_per_s"] >= 6.0},
             "localization_counting_<=10%_of_network": {"measured": max(loc_shares),
                                                        "met": max(loc_shares) <= 0.10},
             "folder_>=90%_of_network_only": {"measured": folder["throughput_ratio"],

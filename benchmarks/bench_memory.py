@@ -467,18 +467,12 @@ def _git_state() -> str:
     return head + (f" + uncommitted {', '.join(files)}" if files else "")
 
 
-def _precision(extra: Sequence[str], ckpt: Path) -> str:
-    """The precision a case runs at: its ``--precision``, else what ``auto`` resolves to here."""
+def _precision(extra: Sequence[str]) -> str:
+    """The precision a case runs at: its ``--precision``, else fp32 (what ``auto`` resolves to since
+    bf16 counts proved a few percent off fp32; an older ``--pythonpath`` tree may have picked bf16)."""
     if "--precision" in extra:
         return extra[list(extra).index("--precision") + 1]
-    try:
-        from autoscale.device import cpu_has_native_bf16
-        from autoscale.predict import AUTO_BF16_MIN_PARAMS
-    except ImportError:  # a tree without automatic precision: fp32
-        return "fp32"
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    params = sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k)
-    return "bf16" if cpu_has_native_bf16() and params >= AUTO_BF16_MIN_PARAMS else "fp32"
+    return "fp32"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     group = into.setdefault(photo_key if inp == "photo" else folder_key, {})
                 res = measure(case + suffix, paths[inp], ckpts[model], work, a.threads, extra, a.pythonpath, env_extra)
-                group[key] = dict(res, precision=_precision(extra, ckpts[model]))
+                group[key] = dict(res, precision=_precision(extra))
 
         run_all(cases, result)
         if again:

@@ -34,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--single-pass", action="store_true", help="first pass only (FPN baseline, no L2S refinement)")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1 ...")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
-                   help="network precision: 'auto' (default: bf16 autocast + channels_last on CPUs with native "
-                        "bfloat16, AVX512-BF16 or AMX, for full-size networks; else fp32), 'bf16' or 'fp32'")
+                   help="network precision: 'auto' (default: fp32, channels_last on the CPU), 'fp32', or 'bf16' "
+                        "(autocast + channels_last: 2-3x faster on CPUs with native bfloat16, AVX512-BF16 or AMX, "
+                        "but counts can move a few percent from fp32)")
     p.add_argument("--bf16", action="store_true", help="same as --precision bf16")
     p.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
                    help="run the counter (both passes) in torch (default) or in onnxruntime (fp32, exported once "
