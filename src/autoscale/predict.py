@@ -335,7 +335,8 @@ class Predictor:
         single_pass: first pass only (the FPN baseline), no dense-region refinement.
         precision: ``"auto"`` (default: fp32, :func:`resolve_precision`), ``"bf16"``
             (``torch.autocast`` bfloat16 + channels_last; maps come back as float32; counts can
-            move a few percent) or ``"fp32"``. ``bf16=True`` / ``False`` is the older spelling of ``"bf16"`` / ``"fp32"``.
+            move a few percent) or ``"fp32"``. ``bf16=True`` / ``False`` is the older spelling of
+            ``"bf16"`` / ``"fp32"``.
         engine: ``"torch"`` or ``"onnxruntime"``: the counter (first and zoomed second pass) runs in
             onnxruntime from an fp32 ONNX export with dynamic H, W made once here (in a temporary
             folder, deleted once loaded); dense regions, L2S (kept in torch: 2 small layers) and
