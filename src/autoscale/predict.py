@@ -145,11 +145,10 @@ def _device(device: str | torch.device) -> torch.device:
     return resolve_device(device, "device")
 
 
-def resolve_precision(precision: Precision, device: torch.device, model: AutoScale, engine: Engine = "torch") -> str:
+def resolve_precision(precision: Precision, device: torch.device, engine: Engine = "torch") -> str:
     """``"bf16"`` or ``"fp32"`` for a requested ``precision`` (module docstring, *Precision*).
 
-    ``"auto"`` is fp32: bf16 moved a trained model's counts by more than 0.5 % (module docstring).
-    ``model`` is kept for the signature (a future rule may depend on the counter)."""
+    ``"auto"`` is fp32: bf16 moved a trained model's counts by more than 0.5 % (module docstring)."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
     if engine == "onnxruntime":
@@ -375,7 +374,7 @@ class Predictor:
         self.refines = model.l2s is not None or model.config.fixed_scale is not None
         self.single_pass = bool(single_pass) or not self.refines
         self.engine = engine
-        self.precision = resolve_precision(precision, self.device, model, engine)
+        self.precision = resolve_precision(precision, self.device, engine)
         self.bf16 = self.precision == "bf16"
         # channels_last: oneDNN's fastest layout on the CPU (fp32 too), and what bf16 autocast pays
         # off with on a GPU (tensor cores); onnxruntime takes NCHW

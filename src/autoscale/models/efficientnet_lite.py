@@ -207,13 +207,17 @@ class Conv2dSame(nn.Conv2d):
         Under autocast only the convolutions followed by ReLU6 (stem, expansions, depthwise)
         are folded, on the CPU as oneDNN's fused convolution (``torch.ops.mkldnn.
         _convolution_pointwise``, the op inductor uses: bf16 input and weight, float32 bias,
-        ReLU6 as a post-op); the projections keep their BatchNorm (:data:`FOLD_BF16`). The
-        folded bf16 weights are rounded so that each output channel's weight sum stays as close
-        to float32 as a faithful rounding allows (:func:`round_preserving_sums`)."""
+        ReLU6 as a post-op). Folding the depthwise layers too ran a 768x1024 two-pass lite0
+        frame ~30 % faster here (the separate BatchNorm and ReLU6 passes over the widest maps
+        go). The projections keep their BatchNorm: folding them too was no faster, and with
+        nearest rounding it had moved a trained model's count 0.4-0.9 % from fp32
+        (docs/benchmarks.md, "Two-pass inference"). The folded bf16 weights are rounded so that
+        each output channel's weight sum stays as close to float32 as a faithful rounding allows
+        (:func:`round_preserving_sums`)."""
         fold = not (bn.training or torch.is_grad_enabled())
         fused, low = False, None  # oneDNN's fused convolution; the autocast dtype of the weight
         if fold and torch.is_autocast_enabled(x.device.type):
-            fold = relu6 and (self.groups == 1 or FOLD_BF16 == "depthwise")
+            fold = relu6
             low = torch.get_autocast_dtype(x.device.type)
             low = low if low == torch.bfloat16 else None
             fused = fold and _FUSED_CONV and x.device.type == "cpu" and low is not None
@@ -283,15 +287,6 @@ def round_preserving_sums(weight: torch.Tensor, dtype: torch.dtype = torch.bfloa
             break
         r[rows[flip], best[flip]] = alt[rows[flip], best[flip]]
     return torch.empty_like(weight, dtype=dtype).copy_(r.reshape(weight.shape))  # weight's memory format
-
-
-#: Which convolutions fold their BatchNorm under bf16 autocast: "depthwise" (stem, expansions
-#: and depthwise, each followed by ReLU6) or "dense" (stem and expansions only). Folding the
-#: depthwise layers runs a 768x1024 two-pass lite0 frame ~30 % faster here (the separate
-#: BatchNorm and ReLU6 passes over the widest maps go). The projections keep theirs: folding
-#: them too was no faster in the same measurement, and with nearest rounding it had moved a
-#: trained model's count 0.4-0.9 % from fp32 (docs/benchmarks.md, "Two-pass inference").
-FOLD_BF16 = "depthwise"
 
 
 #: oneDNN's fused convolution (bf16 input/weight, float32 bias, post-op) is available and this CPU
