@@ -149,6 +149,31 @@ def test_autoscale_branch_adds_l2s_and_cards(synth, tmp_path):
         train(_cfg(synth, tmp_path / "y", method="autoscale", init_from=str(kept), model__width=0.125))
 
 
+def test_backbone_lr_gets_its_own_group_and_branches_keep_it(synth, tmp_path):
+    """``optim.backbone_lr`` splits the counter into ``backbone`` and ``counter`` groups: at 1e-30
+    the backbone moves by < 1e-20 (a zero bias can still take 1e-30) while the heads train; an
+    AutoScale branch carries both groups over, and one whose grouping differs is refused."""
+    tiny = dict(optim__backbone_lr=1e-30, keep_epochs=[1], optim__epochs=2)
+    res = train(_cfg(synth, tmp_path / "p", **tiny))
+    a, b = _state(tmp_path / "p" / "epoch_1.pt"), _state(res.last_checkpoint)
+    backbone = [k for k in a if k.startswith("backbone.")]
+    heads = [k for k in a if not k.startswith("backbone.")]
+    assert backbone and heads
+    still = lambda x, y: float((x - y).abs().max()) < 1e-20  # noqa: E731
+    assert all(still(a[k], b[k]) for k in backbone)
+    assert sum(not torch.equal(a[k], b[k]) for k in heads) > len(heads) // 2
+    groups = load_checkpoint(res.last_checkpoint)["optimizer"]["param_groups"]
+    assert [(g["name"], g["base_lr"]) for g in groups] == [("backbone", 1e-30), ("counter", 1e-3)]
+    kept = str(tmp_path / "p" / "epoch_1.pt")
+    child = train(_cfg(synth, tmp_path / "a", method="autoscale", init_from=kept, **tiny))
+    groups = load_checkpoint(child.last_checkpoint)["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["backbone", "counter", "l2s"]
+    c = _state(child.last_checkpoint)
+    assert all(still(a[k], c[k]) for k in backbone)
+    with pytest.raises(CheckpointError, match="optimiser groups"):
+        train(_cfg(synth, tmp_path / "x", method="autoscale", init_from=kept, optim__epochs=2))
+
+
 def test_history_counts_the_refined_images(synth, tmp_path):
     """AutoScale history rows count the images whose joint loss refined a region: every one with
     regions taken from the target and no gate, none when the threshold leaves no region."""

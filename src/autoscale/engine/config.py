@@ -128,6 +128,10 @@ class OptimConfig:
         lr: counter learning rate gamma (paper: 1e-7 regression, 1e-4 localization).
         weight_decay: Adam L2 weight decay (5e-4).
         l2s_lr: learning rate of the L2S network (None = ``lr``).
+        backbone_lr: learning rate of the counter's backbone (``counter.backbone``: the
+            ImageNet-initialised part) when it should move slower than the heads trained from
+            scratch (None = ``lr``, one ``counter`` group). Set, the counter is split into the
+            groups ``backbone`` and ``counter`` (the rest); the schedule scales both.
         center_lr: alpha of Eq. 4 in ``paper`` mode; the optimiser lr of C in ``official`` mode.
         center_mode: ``paper`` (C updated by Eq. 4 every T iterations) or ``official`` (C a
             parameter learned by Adam every step).
@@ -155,6 +159,7 @@ class OptimConfig:
     lr: float = 1e-7
     weight_decay: float = 5e-4
     l2s_lr: float | None = None
+    backbone_lr: float | None = None
     center_lr: float = 1e-3
     center_mode: Literal["paper", "official"] = "paper"
     center_init: float = 18.0
@@ -326,6 +331,7 @@ def _validate(cfg: TrainConfig, where: str) -> None:
         ("model.width", cfg.model.width > 0, "must be > 0"),
         ("optim.lr", o.lr > 0, "must be > 0"),
         ("optim.l2s_lr", o.l2s_lr is None or o.l2s_lr > 0, "must be > 0"),
+        ("optim.backbone_lr", o.backbone_lr is None or o.backbone_lr > 0, "must be > 0"),
         ("optim.weight_decay", o.weight_decay >= 0, "must be >= 0"),
         ("optim.batch_size", o.batch_size >= 1, "must be >= 1"),
         ("optim.epochs", o.epochs >= 1, "must be >= 1"),

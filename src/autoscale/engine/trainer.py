@@ -5,7 +5,8 @@ Per step (``batch_size`` images per process): for ``method="autoscale"`` each im
 zoomed dense region + lambda x centre loss); for ``method="fpn"`` (the baseline) the first-pass
 pixel loss only. The step loss is the mean over the batch's images; one backward, one Adam step.
 
-Optimiser: Adam with parameter groups ``counter`` (``optim.lr``, weight decay), ``l2s``
+Optimiser: Adam with parameter groups ``counter`` (``optim.lr``, weight decay; with
+``optim.backbone_lr`` the backbone gets its own group ``backbone`` before it), ``l2s``
 (``optim.l2s_lr``) and, in ``official`` centre mode, ``center`` (``optim.center_lr``, no decay).
 In ``paper`` centre mode C is not in the optimiser: :meth:`CenterLoss.step_center` (Eq. 4) runs
 every ``optim.center_every`` steps, or at the end of each epoch when that is None (T = 1 epoch).
@@ -78,7 +79,7 @@ from autoscale.device import resolve_device  # the one device resolver (re-expor
 from autoscale.engine.checkpoint import code_version, load_training_checkpoint, rng_state, save_atomic, set_rng_state
 from autoscale.engine.config import TrainConfig, config_to_dict
 from autoscale.engine.dataset import build_dataset, collate, resolve_sigma
-from autoscale.errors import AutoScaleError, CheckpointError
+from autoscale.errors import AutoScaleError, CheckpointError, ConfigError
 from autoscale.io import atomic_write_text
 from autoscale.losses import CenterLoss, num_output_channels
 from autoscale.metrics import counting_metrics
@@ -166,6 +167,23 @@ def lr_factor(step: int, steps_per_epoch: int, o: Any) -> float:
         epoch = step // max(steps_per_epoch, 1)
         return o.gamma ** sum(epoch >= m for m in o.milestones)
     return 1.0
+
+
+def _counter_groups(counter: torch.nn.Module, fpn: torch.nn.Module, o: Any) -> list[dict[str, Any]]:
+    """The counter's Adam parameter groups: one ``counter`` group at ``optim.lr``, or, with
+    ``optim.backbone_lr`` set, ``backbone`` (``fpn.backbone``'s parameters at that rate) then
+    ``counter`` (every other parameter at ``optim.lr``)."""
+    def group(params: list[torch.nn.Parameter], lr: float, name: str) -> dict[str, Any]:
+        return {"params": params, "lr": lr, "base_lr": lr, "weight_decay": o.weight_decay, "name": name}
+
+    if o.backbone_lr is None:
+        return [group(list(counter.parameters()), o.lr, "counter")]
+    backbone = getattr(fpn, "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        raise ConfigError(f"optim.backbone_lr: the counter {type(fpn).__name__} has no backbone; leave it null")
+    ids = {id(p) for p in backbone.parameters()}
+    rest = [p for p in counter.parameters() if id(p) not in ids]
+    return [group(list(backbone.parameters()), o.backbone_lr, "backbone"), group(rest, o.lr, "counter")]
 
 
 def _freeze_backbone_bn(counter: torch.nn.Module) -> None:
@@ -465,8 +483,8 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
     center = None
     if cfg.method == "autoscale" and l2s is not None:
         center = CenterLoss(o.center_mode, init=o.center_init, alpha=o.center_lr).to(device)
-    groups = [{"params": list(counter.parameters()), "lr": o.lr, "base_lr": o.lr, "weight_decay": o.weight_decay,
-               "name": "counter"}]
+    groups = _counter_groups(counter, fpn, o)
+    n_counter = len(groups)
     if l2s is not None:
         groups.append({"params": list(l2s.parameters()), "lr": o.l2s_lr or o.lr, "base_lr": o.l2s_lr or o.lr,
                        "weight_decay": o.weight_decay, "name": "l2s"})
@@ -483,13 +501,16 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
         # never be shared) for the counter group, its position and RNG; new groups start fresh.
         fpn.load_state_dict(parent.get("train_state_dict") or parent["state_dict"])
         opt_state = copy.deepcopy(parent["optimizer"])
-        if len(opt_state["param_groups"]) != 1:
-            raise CheckpointError(f"{cfg.init_from}: expected one optimiser group (counter), "
-                                  f"got {len(opt_state['param_groups'])}")
-        first = torch.optim.Adam([groups[0]])
+        names = [g.get("name", "counter") for g in opt_state["param_groups"]]
+        if names != [g["name"] for g in groups[:n_counter]]:
+            raise CheckpointError(f"{cfg.init_from}: its optimiser groups {names} do not match this run's "
+                                  f"{[g['name'] for g in groups[:n_counter]]}; set optim.backbone_lr as the FPN "
+                                  f"run did")
+        first = torch.optim.Adam(groups[:n_counter])
         first.load_state_dict(opt_state)
-        first.param_groups[0].update(base_lr=o.lr, weight_decay=o.weight_decay, name="counter")
-        for g in groups[1:]:
+        for g, fresh in zip(first.param_groups, groups[:n_counter]):
+            g.update(base_lr=fresh["base_lr"], weight_decay=o.weight_decay, name=fresh["name"])
+        for g in groups[n_counter:]:
             first.add_param_group(g)
         optimizer, groups = first, first.param_groups
         epoch, step = int(parent["epoch"]), int(parent["step"])
