@@ -128,7 +128,7 @@ class OptimConfig:
         lr: counter learning rate gamma (paper: 1e-7 regression, 1e-4 localization).
         weight_decay: Adam L2 weight decay (5e-4).
         l2s_lr: learning rate of the L2S network (None = ``lr``).
-        backbone_lr: learning rate of the counter's backbone (``counter.backbone``: the
+        backbone_lr: learning rate of the counter's backbone (its ``backbone`` module: the
             ImageNet-initialised part) when it should move slower than the heads trained from
             scratch (None = ``lr``, one ``counter`` group). Set, the counter is split into the
             groups ``backbone`` and ``counter`` (the rest); the schedule scales both.

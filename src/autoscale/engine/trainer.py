@@ -169,21 +169,24 @@ def lr_factor(step: int, steps_per_epoch: int, o: Any) -> float:
     return 1.0
 
 
+def _group(params: Any, lr: float, name: str, weight_decay: float) -> dict[str, Any]:
+    """One named Adam parameter group; ``base_lr`` is what the schedule scales each step."""
+    return {"params": list(params), "lr": lr, "base_lr": lr, "weight_decay": weight_decay, "name": name}
+
+
 def _counter_groups(counter: torch.nn.Module, fpn: torch.nn.Module, o: Any) -> list[dict[str, Any]]:
     """The counter's Adam parameter groups: one ``counter`` group at ``optim.lr``, or, with
     ``optim.backbone_lr`` set, ``backbone`` (``fpn.backbone``'s parameters at that rate) then
     ``counter`` (every other parameter at ``optim.lr``)."""
-    def group(params: list[torch.nn.Parameter], lr: float, name: str) -> dict[str, Any]:
-        return {"params": params, "lr": lr, "base_lr": lr, "weight_decay": o.weight_decay, "name": name}
-
     if o.backbone_lr is None:
-        return [group(list(counter.parameters()), o.lr, "counter")]
+        return [_group(counter.parameters(), o.lr, "counter", o.weight_decay)]
     backbone = getattr(fpn, "backbone", None)
     if not isinstance(backbone, torch.nn.Module):
         raise ConfigError(f"optim.backbone_lr: the counter {type(fpn).__name__} has no backbone; leave it null")
     ids = {id(p) for p in backbone.parameters()}
     rest = [p for p in counter.parameters() if id(p) not in ids]
-    return [group(list(backbone.parameters()), o.backbone_lr, "backbone"), group(rest, o.lr, "counter")]
+    return [_group(backbone.parameters(), o.backbone_lr, "backbone", o.weight_decay),
+            _group(rest, o.lr, "counter", o.weight_decay)]
 
 
 def _freeze_backbone_bn(counter: torch.nn.Module) -> None:
@@ -486,11 +489,9 @@ def _train(cfg: TrainConfig, resume: Any, device: torch.device, info: D.DistInfo
     groups = _counter_groups(counter, fpn, o)
     n_counter = len(groups)
     if l2s is not None:
-        groups.append({"params": list(l2s.parameters()), "lr": o.l2s_lr or o.lr, "base_lr": o.l2s_lr or o.lr,
-                       "weight_decay": o.weight_decay, "name": "l2s"})
+        groups.append(_group(l2s.parameters(), o.l2s_lr or o.lr, "l2s", o.weight_decay))
     if center is not None and o.center_mode == "official":
-        groups.append({"params": list(center.parameters()), "lr": o.center_lr, "base_lr": o.center_lr,
-                       "weight_decay": 0.0, "name": "center"})
+        groups.append(_group(center.parameters(), o.center_lr, "center", 0.0))
     optimizer = torch.optim.Adam(groups)
 
     epoch, batch_in_epoch, step, history, best_mae, cpu_base = 0, 0, 0, [], None, 0.0
