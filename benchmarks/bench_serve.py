@@ -226,7 +226,7 @@ def run_level(port: int, photos: list[tuple[str, bytes]], *, concurrency: int, r
     return {
         "concurrency": concurrency, "requests_planned": requests, "seconds_cap": seconds,
         "requests_sent": issued, "answered": len(records), "by_status": by_status, "connection_failures": failures[:5],
-        "n_connection_failures": len(failures), "wall_s": round(wall, 3),
+        "n_connection_failures": len(failures), "wall_s": round(wall, 6),
         "stopped_by_time_cap": issued < requests,
         "throughput_rps": round(len(ok) / wall, 3) if wall > 0 else 0.0,
         "latency_ms": percentiles(ok), "latency_503_ms": percentiles(refused),
@@ -259,14 +259,14 @@ def bench_model(name: str, ckpt: Path, photos: list[tuple[str, bytes]], work: Pa
             lv["kind"] = "load"
             lv["memory_mib_after"] = server.memory()
             levels.append(lv)
-            print(f"[bench_serve] {name}: c={c}: {lv['by_status']} in {lv['wall_s']} s, "
+            print(f"[bench_serve] {name}: c={c}: {lv['by_status']} in {lv['wall_s']:.3f} s, "
                   f"{lv['throughput_rps']} req/s, latency {lv['latency_ms']}", flush=True)
         ov = run_level(server.port, photos, concurrency=a.overload, requests=a.overload_requests,
                        seconds=a.overload_seconds)
         ov["kind"] = "overload"
         ov["memory_mib_after"] = server.memory()
         levels.append(ov)
-        print(f"[bench_serve] {name}: overload c={a.overload}: {ov['by_status']} in {ov['wall_s']} s", flush=True)
+        print(f"[bench_serve] {name}: overload c={a.overload}: {ov['by_status']} in {ov['wall_s']:.3f} s", flush=True)
         after = server.memory()
         status, _, body = request(server.port, "GET", "/healthz")
         health = json.loads(body) if status == 200 else {"status": status}
@@ -291,7 +291,7 @@ def markdown(res: dict[str, Any]) -> str:
             lat = lv["latency_ms"] or {}
             label = f"{lv['concurrency']}" + (" (overload)" if lv["kind"] == "overload" else "")
             lines.append(f"| {name} | {label} | {lv['answered']} | {lv['by_status'].get('200', 0)} | "
-                         f"{lv['by_status'].get('503', 0)} | {lv['wall_s']} | {lv['throughput_rps']} | "
+                         f"{lv['by_status'].get('503', 0)} | {lv['wall_s']:.3f} | {lv['throughput_rps']} | "
                          f"{lat.get('p50', '-')} | {lat.get('p95', '-')} | {lat.get('p99', '-')} | "
                          f"{'yes' if lv['consistent_counts'] else 'NO'} |")
     lines += ["", "| model | VmHWM after warm-up MiB | VmHWM after each level MiB | growth MiB | "
