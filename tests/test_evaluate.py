@@ -66,10 +66,11 @@ def test_regression_metrics_from_per_image_csv(tmp_path, data):
     assert on_disk["counting"]["mae"] == pytest.approx(np.abs(err).mean(), abs=1e-5)
     assert on_disk["counting"]["rmse"] == pytest.approx(np.sqrt((err**2).mean()), abs=1e-5)
     assert on_disk["counting"]["mse"] == on_disk["counting"]["rmse"]
-    # The same counts as the prediction API (no EXIF in PNGs, no resize at this size), to float32
-    # rounding (the API runs channels_last on the CPU, evaluate NCHW: other summation orders)
+    # The same counts as the prediction API (no EXIF in PNGs, no resize at this size; both run a
+    # loaded checkpoint channels_last on the CPU, so the same maps; the CSV keeps 6 decimals)
     p = Predictor.from_checkpoint(ck["regression"])
-    np.testing.assert_allclose(pred, [p(r.image_path).count for r in records], rtol=1e-6, atol=1e-5)
+    assert p.channels_last
+    np.testing.assert_allclose(pred, [p(r.image_path).count for r in records], rtol=0, atol=1e-6)
     # Groups: every synthetic image has <= 50 heads -> JHU "low".
     assert on_disk["groups"]["density"]["low"]["n"] == 4
     # Dense regions (Table 8): recompute from the per-image columns and the GT points in the box.
@@ -96,6 +97,28 @@ def test_regression_metrics_from_per_image_csv(tmp_path, data):
     report = (out / "report.md").read_text()
     assert "Dense regions" in report and "MAE" in report
     assert (out / "scales_hist.png").stat().st_size > 0 and (out / "region_density.png").stat().st_size > 0
+
+
+def test_live_model_evaluated_in_place_layout_loaded_one_channels_last(data):
+    """A checkpoint path runs channels_last (fast on the CPU); a model object passed in (what the
+    trainer does at validation) keeps its NCHW weights, and both give the same counts."""
+    from autoscale.predict import load_autoscale
+
+    root, ck = data
+    records = read_dataset("generic", root, "test")
+    model, _ = load_autoscale(ck["regression"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows_live: list = []
+    rows_file: list = []
+    evaluate(model, records, per_image=rows_live, figures=False)
+    evaluate(ck["regression"], records, per_image=rows_file, figures=False)
+    for k, v in model.state_dict().items():
+        assert v.is_contiguous(), k  # not converted to channels_last behind the caller's back
+        assert torch.equal(v, before[k]), k
+    live = np.array([r["pred"] for r in rows_live])
+    loaded = np.array([r["pred"] for r in rows_file])
+    np.testing.assert_allclose(loaded, live, rtol=1e-5, atol=1e-5)
+    assert [r["n_regions"] for r in rows_live] == [r["n_regions"] for r in rows_file]
 
 
 def test_localization_metrics_match_independent_scoring(tmp_path, data):

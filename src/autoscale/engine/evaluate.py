@@ -240,6 +240,11 @@ def evaluate(
 
     dev = _device(device)
     model, info = _resolve_model(checkpoint_or_models, variant, pipeline_cfg, dev)
+    # A model loaded here runs channels_last on the CPU, as in Predictor (oneDNN's fastest fp32
+    # layout, the same values); a model passed in (the trainer's live one) is left as it is.
+    channels_last = dev.type == "cpu" and not isinstance(checkpoint_or_models, (AutoScale, tuple))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     cfg = model.config
     if model.l2s is None and cfg.fixed_scale is None:
         single_pass = True
@@ -273,8 +278,11 @@ def evaluate(
         gt = np.asarray(rec.points, dtype=np.float64).reshape(-1, 2)
         gt = gt[inside_mask(gt, W, H)]
         img_r, gt_r, sx, sy = rule.apply(img, gt)
+        x = model.prepare(img_r)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            res = model.predict(model.prepare(img_r), single_pass=single_pass)
+            res = model.predict(x, single_pass=single_pass)
         row: dict[str, Any] = {"image": rec.name, "gt": len(gt), "pred": float(res.count),
                                "first_pred": float(res.first_count), "width": W, "height": H,
                                "input_width": img_r.shape[1], "input_height": img_r.shape[0]}
