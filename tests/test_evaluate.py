@@ -99,7 +99,7 @@ def test_regression_metrics_from_per_image_csv(tmp_path, data):
     assert (out / "scales_hist.png").stat().st_size > 0 and (out / "region_density.png").stat().st_size > 0
 
 
-def test_live_model_evaluated_in_place_layout_loaded_one_channels_last(data):
+def test_passed_model_keeps_its_layout_loaded_checkpoint_runs_channels_last(data):
     """A checkpoint path runs channels_last (fast on the CPU); a model object passed in (what the
     trainer does at validation) keeps its NCHW weights, and both give the same counts."""
     from autoscale.predict import load_autoscale
