@@ -94,28 +94,32 @@ def default_groups(records: Sequence[ImageRecord]) -> dict[str, GroupFn]:
     return out
 
 
-def _resolve_model(obj: Any, variant: str | None, cfg: PipelineConfig | None, device: torch.device) -> tuple[AutoScale, dict]:
+def _resolve_model(obj: Any, variant: str | None, cfg: PipelineConfig | None,
+                   device: torch.device) -> tuple[AutoScale, dict, bool]:
+    """``(model, info, loaded)``: ``loaded`` is True when the model was loaded here from a checkpoint
+    (ours to change), False for a model or ``(fpn, l2s)`` pair the caller passed in (shared)."""
     from autoscale.predict import load_autoscale
 
     if isinstance(obj, AutoScale):
         if cfg is not None:
             obj = AutoScale(obj.counter, obj.l2s, cfg)
         info: dict = {}
-        model = obj
+        model, loaded = obj, False
     elif isinstance(obj, tuple) and len(obj) == 2:
         if cfg is None:
             if variant is None:
                 raise ConfigError("evaluate: give variant= or pipeline_cfg= with a (fpn, l2s) pair")
             cfg = PipelineConfig(variant=variant)
-        model, info = AutoScale(obj[0], obj[1], cfg), {}
+        model, info, loaded = AutoScale(obj[0], obj[1], cfg), {}, False
     else:
         model, ck = load_autoscale(obj, variant=variant, pipeline=cfg, device=device)
+        loaded = True
         info = {k: ck.get(k) for k in ("variant", "method", "code_version") if k in ck}
         if not isinstance(obj, dict):
             info["path"] = str(obj)
     if variant is not None and model.config.variant != variant:
         raise ConfigError(f"evaluate: variant {variant!r} requested but the pipeline is {model.config.variant!r}")
-    return model.to(device).eval(), info
+    return model.to(device).eval(), info, loaded
 
 
 def _clean(v: Any) -> Any:
@@ -239,10 +243,10 @@ def evaluate(
     from autoscale.predict import _device
 
     dev = _device(device)
-    model, info = _resolve_model(checkpoint_or_models, variant, pipeline_cfg, dev)
+    model, info, loaded = _resolve_model(checkpoint_or_models, variant, pipeline_cfg, dev)
     # A model loaded here runs channels_last on the CPU, as in Predictor (oneDNN's fastest fp32
     # layout, the same values); a model passed in (the trainer's live one) is left as it is.
-    channels_last = dev.type == "cpu" and not isinstance(checkpoint_or_models, (AutoScale, tuple))
+    channels_last = loaded and dev.type == "cpu"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     cfg = model.config
