@@ -32,23 +32,28 @@ def _sorted_points(centroids: np.ndarray) -> np.ndarray:
     return pts[np.lexsort((pts[:, 0], pts[:, 1]))]
 
 
-def _regional_minima(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Values and pixel-index centroids ``(x, y)`` (float64) of the 4-connected regional minima
-    (plateaus all of whose outside 4-neighbours are higher) of integer map ``m``.
+def _regional_minima(m: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Pixel-index centroids ``(x, y)`` (float64) of the 4-connected regional minima (plateaus all
+    of whose outside 4-neighbours are higher) of integer map ``m``, leaving out the minima whose
+    pixels are ``exclude``d (a mask that holds whole value levels, e.g. ``m == background``).
 
     One connected-component pass instead of one per value level: a pixel is a *candidate* when
     no 4-neighbour is strictly lower. Two 4-adjacent candidates have equal values (the higher
     one would see the lower), so each 4-connected component of candidates lies inside one
     plateau, and it is that whole plateau - a regional minimum - exactly when none of its pixels
     has an equal-valued neighbour that is not a candidate. Same minima, same pixels per minimum
-    as labelling every plateau. Centroids: sums of integer coordinates in float64 (exact), then
-    one division, over the minima's pixels only."""
+    as labelling every plateau. A value level excluded from the candidates removes whole
+    components and changes no other. Centroids: sums of integer coordinates in float64 (exact),
+    then one division, over the minima's pixels only; pixel sets are gathered through
+    ``flatnonzero`` + ``take`` (about 2x faster than boolean-mask indexing of the label image)."""
     lower = np.zeros(m.shape, dtype=bool)
     lower[1:, :] |= m[:-1, :] < m[1:, :]
     lower[:-1, :] |= m[1:, :] < m[:-1, :]
     lower[:, 1:] |= m[:, :-1] < m[:, 1:]
     lower[:, :-1] |= m[:, 1:] < m[:, :-1]
     cand = ~lower
+    if exclude is not None:
+        cand &= ~exclude
     # a candidate touching an equal-valued non-candidate belongs to a plateau that is no minimum
     spoiled = np.zeros(m.shape, dtype=bool)
     spoiled[1:, :] |= (m[:-1, :] == m[1:, :]) & lower[:-1, :]
@@ -57,20 +62,18 @@ def _regional_minima(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     spoiled[:, :-1] |= (m[:, 1:] == m[:, :-1]) & lower[:, 1:]
     spoiled &= cand
     n, labels = cv2.connectedComponents(cand.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
-    is_min = np.ones(n, dtype=bool)
-    is_min[labels[spoiled]] = False
-    is_min[0] = False  # label 0 is the background of the candidate mask
     flat = labels.ravel()
+    is_min = np.ones(n, dtype=bool)
+    is_min[flat.take(np.flatnonzero(spoiled))] = False
+    is_min[0] = False  # label 0 is the background of the candidate mask
     idx = np.flatnonzero(is_min[flat])  # the pixels of the minima only (few)
-    lab = flat[idx]
+    lab = flat.take(idx)
     rows, cols = np.divmod(idx, m.shape[1])
     cnt = np.bincount(lab, minlength=n)
     keep = np.flatnonzero(cnt)
-    values = np.zeros(n, dtype=m.dtype)
-    values[lab] = m.ravel()[idx]  # every pixel of a label has the same value
     sx = np.bincount(lab, weights=cols, minlength=n)[keep]
     sy = np.bincount(lab, weights=rows, minlength=n)[keep]
-    return values[keep], np.stack([sx / cnt[keep], sy / cnt[keep]], axis=1)
+    return np.stack([sx / cnt[keep], sy / cnt[keep]], axis=1)
 
 
 def regional_minima(class_map: Any) -> np.ndarray:
@@ -89,7 +92,7 @@ def regional_minima(class_map: Any) -> np.ndarray:
         ``y`` then ``x``.
     """
     m = as_map(class_map, "class_map")
-    return _sorted_points(_regional_minima(m)[1])
+    return _sorted_points(_regional_minima(m))
 
 
 def count_people(
@@ -117,14 +120,13 @@ def count_people(
         ``(count, points)`` with points as in :func:`regional_minima`.
     """
     m = as_map(class_map, "class_map")
-    values, centroids = _regional_minima(m)
-    keep = np.ones(len(values), dtype=bool)
+    exclude = None
     if exclude_background:
-        bg = num_classes - 1 if background is None else background
-        keep &= values != bg
+        exclude = m == (num_classes - 1 if background is None else background)
     if max_class is not None:
-        keep &= values <= max_class
-    pts = _sorted_points(centroids[keep])
+        above = m > max_class
+        exclude = above if exclude is None else exclude | above
+    pts = _sorted_points(_regional_minima(m, exclude))
     return int(len(pts)), pts
 
 
