@@ -413,6 +413,7 @@ def test_config_validates_the_counter_keys(synth, tmp_path):
         ({"model__variant": "localization", "pipeline__density_loss": "bayesian"}, "regression loss"),
         ({"pipeline__density_loss": "l1"}, "density_loss"),
         ({"pipeline__bl_sigma": 0.0}, "bl_sigma"),
+        ({"pipeline__refine_weight": -0.5}, "refine_weight.*>= 0"),
     ]
     for kw, msg in bad:
         with pytest.raises(ConfigError, match=msg):

@@ -293,3 +293,27 @@ def test_a_region_too_small_for_batchnorm_gets_no_reprediction_term_but_its_cent
         assert (bd.refine > 0) == refined and bd.center > 0 and torch.isfinite(bd.total)
         bd.total.backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.l2s.parameters())
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_joint_loss_refine_weight_scales_the_re_prediction_term(weight):
+    """Eq. 6 with a weight w on the re-prediction loss: total = first + w * refine + lambda * centre,
+    the reported ``refine`` unweighted; a weight of 0 leaves the counter's gradient that of the
+    first-pass loss alone."""
+    model = _tiny("regression")
+    model.config.dense_k = 0.5
+    img, pts, target = _example("regression", model.config)
+    ref = joint_loss(model, img, pts, target, CenterLoss())
+    model.config.refine_weight = weight
+    bd = joint_loss(model, img, pts, target, CenterLoss())
+    assert bd.region == ref.region and bd.refine == pytest.approx(ref.refine, rel=1e-6) and bd.refine > 0
+    expected = bd.first + weight * bd.refine + model.config.center_weight * bd.center
+    assert float(bd.total) == pytest.approx(expected, rel=1e-5)
+    if weight == 0.0:
+        bd.total.backward()
+        got = [p.grad.clone() for p in model.counter.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)
+        first = joint_loss(model, img, pts, target, None, refine=False).total
+        first.backward()
+        want = [p.grad for p in model.counter.parameters() if p.grad is not None]
+        assert len(got) == len(want) and all(torch.allclose(a, b, atol=1e-7) for a, b in zip(got, want))

@@ -75,6 +75,9 @@ class PipelineConfig:
         sigma: density kernel sigma in pixels (the trainer sets it from the dataset's sigma).
         edges: distance-label bin edges in pixels.
         center_weight: lambda in Eq. 6 / Eq. 8.
+        refine_weight: weight of the zoomed region's re-prediction loss in Eq. 6 / Eq. 8 (paper: 1,
+            a plain sum with the first-pass loss); an option, not in the paper, for studying how
+            the re-prediction term shifts the shared counter's calibration.
         closeness: the region density measure S the centre loss (Eq. 2) compares with the zoom:
             ``distance`` (Eq. 1, mean nearest-neighbour distance of the region's people, px; paper)
             or ``people_number`` (Table 10's "average people number" of the conference version,
@@ -105,6 +108,7 @@ class PipelineConfig:
     sigma: float = 4.0
     edges: tuple[float, ...] = T.DISTANCE_EDGES
     center_weight: float = 1.0
+    refine_weight: float = 1.0
     closeness: Literal["distance", "people_number"] = "distance"
     min_region_people: int = 2
     max_zoom_pixels: int = 2048 * 2048
@@ -400,8 +404,8 @@ def joint_loss(model: AutoScale, image: torch.Tensor, points: np.ndarray, target
         z_points = T.zoom_points(points, box, (h2, w2)) if cfg.density_loss == "bayesian" else None
         l_refine = pixel_loss(cfg.variant, z_out, _to_tensor(z_target, cfg.variant, image.device), cfg, reduction,
                               points=z_points)
-        total = l_first + l_refine
-        bd.refine = float(l_refine.detach())
+        total = l_first + cfg.refine_weight * l_refine
+        bd.refine = float(l_refine.detach())  # unweighted, as the history's loss_refine
     inside = T.region_points(points, box)
     if center is not None and model.l2s is not None and cfg.fixed_scale is None and len(inside) >= cfg.min_region_people:
         if cfg.closeness == "people_number":

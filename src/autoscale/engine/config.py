@@ -376,7 +376,8 @@ def _validate_counter(cfg: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}config key 'pipeline.density_loss': the Bayesian loss is a regression loss "
                           f"(model.variant is {m.variant})")
     for key, ok, msg in (("pipeline.bl_sigma", p.bl_sigma > 0, "must be > 0"),
-                         ("pipeline.bl_background_ratio", p.bl_background_ratio > 0, "must be > 0")):
+                         ("pipeline.bl_background_ratio", p.bl_background_ratio > 0, "must be > 0"),
+                         ("pipeline.refine_weight", p.refine_weight >= 0, "must be >= 0")):
         if not ok:
             raise ConfigError(f"{where}config key {key!r} {msg}")
 
