@@ -21,7 +21,8 @@ for the network, :func:`autoscale.runner.predict_paths` for folders). Per method
 
 Also: the CSRNet peer (``csrnet_regression``, fp32, single pass); folder throughput
 (``predict_paths`` on ``--folder-images`` real photos with maps, points and overlays, streamed and
-sequential) over network-only throughput (``predict_array`` on the same decoded images); bf16 vs
+sequential with PNG overlays, streamed with JPEG overlays; medians of 3 interleaved rounds) over
+network-only throughput (``predict_array`` on the same decoded images); bf16 vs
 fp32 first-pass counts on ``--check-images`` real photos (lite0 with an ImageNet backbone and
 untrained head, and ``--trained`` checkpoints when given).
 
@@ -226,8 +227,11 @@ def measure_csrnet(img: np.ndarray, peaks: dict[str, float], repeats: int, warmu
             "floor_s": floor_s, "ratio_to_floor": t / floor_s, "images_per_s": 1.0 / t}
 
 
-def measure_folder(ckpt: dict[str, Any], n: int, size: tuple[int, int] | None, work: Path) -> dict[str, Any]:
-    """Folder images/s (streamed and sequential) over network-only images/s, same images."""
+def measure_folder(ckpt: dict[str, Any], n: int, size: tuple[int, int] | None, work: Path,
+                   rounds: int = 3) -> dict[str, Any]:
+    """Folder images/s (streamed with PNG overlays, the default; sequential; streamed with JPEG
+    overlays) over network-only images/s, same images: medians of ``rounds`` interleaved rounds
+    (one round of 8 photos lasts ~2 s, too short to time alone on a shared machine)."""
     src = SHB / "test_data" / "images"
     folder = work / "photos"
     folder.mkdir(parents=True, exist_ok=True)
@@ -241,20 +245,26 @@ def measure_folder(ckpt: dict[str, Any], n: int, size: tuple[int, int] | None, w
     p = Predictor.from_checkpoint(ckpt, max_side=None)
     imgs = [read_image(folder / name, exif=True) for name in names]
     p.predict_array(imgs[0])  # warm-up
-    t = time.perf_counter()
-    for img in imgs:
-        p.predict_array(img)
-    net_s = time.perf_counter() - t
-    out: dict[str, Any] = {"images": n, "size": list(imgs[0].shape[:2]), "precision": p.precision,
-                           "backbone": ckpt["model"]["kwargs"].get("backbone", "vgg16"),
-                           "network_only_images_per_s": n / net_s}
-    for mode, prefetch in (("streamed", 3), ("sequential", 0)):
+    modes = (("streamed", 3, "png"), ("sequential", 0, "png"), ("streamed_jpg", 3, "jpg"))
+    rates: dict[str, list[float]] = {k: [] for k in ("network_only", *(m[0] for m in modes))}
+    for r in range(rounds):
         t = time.perf_counter()
-        predict_paths(p, folder, work / f"out_{mode}", prefetch=prefetch, log=lambda m: None)
-        s = time.perf_counter() - t
-        out[f"{mode}_images_per_s"] = n / s
-    out["throughput_ratio"] = out["streamed_images_per_s"] / out["network_only_images_per_s"]
-    out["throughput_ratio_sequential"] = out["sequential_images_per_s"] / out["network_only_images_per_s"]
+        for img in imgs:
+            p.predict_array(img)
+        rates["network_only"].append(n / (time.perf_counter() - t))
+        for mode, prefetch, fmt in modes:
+            t = time.perf_counter()
+            predict_paths(p, folder, work / f"out_{mode}_{r}", prefetch=prefetch, overlay_format=fmt, log=lambda m: None)
+            rates[mode].append(n / (time.perf_counter() - t))
+    out: dict[str, Any] = {"images": n, "size": list(imgs[0].shape[:2]), "precision": p.precision,
+                           "backbone": ckpt["model"]["kwargs"].get("backbone", "vgg16"), "rounds": rounds}
+    for k, v in rates.items():
+        out[f"{k}_images_per_s"] = statistics.median(v)
+        out[f"{k}_images_per_s_rounds"] = v
+    net = out["network_only_images_per_s"]
+    out["throughput_ratio"] = out["streamed_images_per_s"] / net
+    out["throughput_ratio_sequential"] = out["sequential_images_per_s"] / net
+    out["throughput_ratio_jpg_overlays"] = out["streamed_jpg_images_per_s"] / net
     return out
 
 
@@ -325,7 +335,9 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
     lines += ["", f"Folder ({f['images']} photos {f['size'][0]}x{f['size'][1]}, {f['backbone']} regression {f['precision']}, "
                   f"maps + points + overlays): streamed {f['streamed_images_per_s']:.2f} images/s, sequential "
                   f"{f['sequential_images_per_s']:.2f}, network only {f['network_only_images_per_s']:.2f}: "
-                  f"throughput ratio {f['throughput_ratio']:.2f} (sequential {f['throughput_ratio_sequential']:.2f}).",
+                  f"throughput ratio {f['throughput_ratio']:.2f} (sequential {f['throughput_ratio_sequential']:.2f}; "
+                  f"streamed with JPEG overlays {f['streamed_jpg_images_per_s']:.2f} images/s, "
+                  f"{f['throughput_ratio_jpg_overlays']:.2f}); medians of {f['rounds']} rounds.",
               "", "bf16 vs fp32 first-pass counts (relative difference, ShanghaiTech B test photos at max side "
                   f"{next(iter(res['bf16_count_check'].values()))['max_side']}): " + "; ".join(
                   f"{k}: {len(v['rel_diffs'])} photos, max {v['max_rel_diff']:.2%}, mean signed "

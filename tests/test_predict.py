@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from autoscale.cli import main
-from autoscale.errors import CheckpointError, DataError
+from autoscale.errors import CheckpointError, ConfigError, DataError
 from autoscale.metrics.nwpu import read_counts, read_loc_pred
 from autoscale.models.registry import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, get_model
 from autoscale.models.vgg import normalize
@@ -105,6 +105,28 @@ def test_image_layout_and_api_matches_cli(tmp_path, ckpts, capsys):
     from autoscale.runner import predict_paths as runner_predict_paths
 
     assert predict_paths is runner_predict_paths
+
+
+def test_overlay_format_jpg(tmp_path, ckpts):
+    """--overlay-format jpg writes overlays/<name>.jpg (JPEG) instead of .png: the same picture up to
+    JPEG loss, every other output identical to the PNG run's; a bad format is one ConfigError."""
+    img = save_png(tmp_path / "crowd.png", crowd_image(64, 80))
+    outs = {}
+    for fmt in ("png", "jpg"):
+        outs[fmt] = tmp_path / fmt
+        assert main(["predict", str(img), "--checkpoint", str(ckpts["regression"]), "--out", str(outs[fmt]),
+                     "--overlay-format", fmt]) == 0
+    assert sorted(q.name for q in (outs["jpg"] / "overlays").iterdir()) == ["crowd.jpg"]
+    assert (outs["jpg"] / "overlays" / "crowd.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG magic
+    png = cv2.imread(str(outs["png"] / "overlays" / "crowd.png"))  # lossless: the overlay itself
+    assert png.shape == (64, 80, 3)
+    ok, want = cv2.imencode(".jpg", png, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok and (outs["jpg"] / "overlays" / "crowd.jpg").read_bytes() == want.tobytes()
+    for rel in ("counts.csv", "maps/crowd.npy", "points/crowd.csv"):
+        assert (outs["jpg"] / rel).read_bytes() == (outs["png"] / rel).read_bytes(), rel
+    with pytest.raises(ConfigError, match="overlay_format must be one of"):
+        predict_paths(Predictor.from_checkpoint(ckpts["regression"]), img, tmp_path / "bad", overlay_format="gif")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_folder_with_corrupt_file_natural_order(tmp_path, ckpts, capsys):

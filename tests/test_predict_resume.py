@@ -177,6 +177,7 @@ def test_resume_refuses_another_checkpoint_or_options(tmp_path, ckpt, folder, ca
     cases = [
         (["--checkpoint", str(other)], "a different checkpoint (model weights differ)"),
         (["--checkpoint", str(ckpt), "--no-overlays"], "different options (overlays)"),
+        (["--checkpoint", str(ckpt), "--overlay-format", "jpg"], "different options (overlay_format)"),
         (["--checkpoint", str(ckpt), "--max-side", "64", "--single-pass"], "different options (max_side, single_pass)"),
     ]
     for extra, why in cases:

@@ -1,7 +1,7 @@
 """``autoscale predict``: count people in images, folders of images and videos.
 
 Writes ``DIR/counts.csv``, ``DIR/counts.json``, ``DIR/maps/<name>.npy``, ``DIR/points/<name>.csv``,
-``DIR/overlays/<name>.png`` and, with ``--nwpu``, the NWPU submission files (layout and coordinate
+``DIR/overlays/<name>.png`` (``.jpg`` with ``--overlay-format jpg``) and, with ``--nwpu``, the NWPU submission files (layout and coordinate
 conventions: :mod:`autoscale.predict`, :mod:`autoscale.runner`). ``--resume`` continues a run that was
 killed or crashed into the same ``--out``: images already counted (``DIR/progress.jsonl``) are
 skipped. Exit code 0 when every input was counted, 1 when some
@@ -50,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     rate.add_argument("--fps", type=_positive_float, default=None, metavar="F", help="videos: F frames per second")
     p.add_argument("--nwpu", action="store_true", help="also write nwpu_counts.txt / nwpu_loc.txt (numeric image ids)")
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlays")
+    p.add_argument("--overlay-format", choices=("png", "jpg"), default="png",
+                   help="overlay files: 'png' (lossless, default) or 'jpg' (JPEG quality 92: ~6x faster to write "
+                        "and ~7x smaller; for big folders and videos)")
     p.add_argument("--points", choices=("auto", "peaks", "none"), default="auto",
                    help="points: 'auto' (localization minima), 'peaks' (also density peaks for regression), 'none'")
     p.add_argument("--resume", action="store_true",
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
                                           single_pass=args.single_pass, precision=precision, max_side=args.max_side,
                                           points=args.points, engine=args.engine)
     summary = predict_paths(predictor, args.input, args.out, every_n_frames=args.every, fps=args.fps,
-                            nwpu=args.nwpu, overlays=not args.no_overlays, resume=args.resume,
+                            nwpu=args.nwpu, overlays=not args.no_overlays, overlay_format=args.overlay_format,
+                            resume=args.resume,
                             progress=progress)
     n, errs = summary["num_images"], len(summary["errors"])
     print(f"{n} image(s), total count {summary['total_count']:.2f} -> {args.out}/counts.csv"
