@@ -415,10 +415,10 @@ def predict_paths(
     ``prefetch`` decoded images + 2 pending outputs; a photo above
     :data:`autoscale.predict.READ_SIDE` is decoded reduced (:meth:`Predictor.read`).
 
-    ``overlay_format``: ``png`` (lossless, default) or ``jpg`` (JPEG quality 92: measured on a
-    1024x768 photo, 5 ms to encode and ~0.3 MB against PNG's ~30 ms and ~2 MB; the overlay is the
-    heaviest file written, so on a CPU whose cores all run the network this is what keeps a
-    folder's throughput near the network's).
+    ``overlay_format``: ``png`` (lossless, default) or ``jpg`` (JPEG quality 92: measured on 1024x768
+    ShanghaiTech photos with a trained model's overlay, ~6 ms to encode and ~0.19 MB against PNG's
+    30-70 ms and ~1.2 MB; the overlay is the costliest file written, so on a CPU whose cores all run
+    the network this is what keeps a folder's throughput near the network's).
 
     ``progress``: a progress bar on stderr over images and sampled video frames, naming the image
     being read, counted or written (the CLI's ``--progress``).

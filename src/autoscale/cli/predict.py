@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     p.add_argument("--nwpu", action="store_true", help="also write nwpu_counts.txt / nwpu_loc.txt (numeric image ids)")
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlays")
     p.add_argument("--overlay-format", choices=("png", "jpg"), default="png",
-                   help="overlay files: 'png' (lossless, default) or 'jpg' (JPEG quality 92: ~6x faster to write "
-                        "and ~7x smaller; for big folders and videos)")
+                   help="overlay files: 'png' (lossless, default) or 'jpg' (JPEG quality 92: 5-10x faster to "
+                        "write and ~6x smaller; for big folders and videos)")
     p.add_argument("--points", choices=("auto", "peaks", "none"), default="auto",
                    help="points: 'auto' (localization minima), 'peaks' (also density peaks for regression), 'none'")
     p.add_argument("--resume", action="store_true",
