@@ -15,8 +15,8 @@ for the network, :func:`autoscale.runner.predict_paths` for folders). Per method
   and matmuls), ``gflops_per_s = flops / total_s``; ``floor_s = flops / peak``, with the peak
   measured in the same run by a large ``torch.matmul`` in the method's precision (bf16 for bf16,
   fp32 for fp32 and onnxruntime); ``ratio_to_floor = total_s / floor_s``;
-* localization: ``count_s``, the time of the regional-minima counting (``count_people``) inside
-  ``total_s``, and ``count_share = count_s / (total_s - count_s)``; the same counting on the
+* localization: ``count_s``, the time of the regional-minima counting (``find_minima``,
+  ``count_people_outside``) inside ``total_s``, and ``count_share = count_s / (total_s - count_s)``; the same counting on the
   ground-truth class map (what a well-trained network outputs) is ``count_share_gt_map``.
 
 Also: the CSRNet peer (``csrnet_regression``, fp32, single pass); folder throughput
@@ -59,6 +59,7 @@ from autoscale.data.image_io import read_image
 from autoscale.dense_region import Region, find_dense_regions
 from autoscale.device import cpu_has_native_bf16
 from autoscale.models.registry import get_model
+from autoscale.postprocess import count_people
 from autoscale.predict import Predictor
 from autoscale.runner import predict_paths
 from autoscale.targets import density_map, distance_label_map
@@ -142,23 +143,29 @@ def first_pass(predictor: Predictor, x: torch.Tensor) -> Any:
 
 @contextlib.contextmanager
 def timed_counting() -> Any:
-    """Accumulate the seconds spent in the pipeline's regional-minima counting."""
-    real = P.count_people
+    """Accumulate the seconds spent in the pipeline's regional-minima counting (the first and the
+    zoomed map's :func:`find_minima`, the minima outside the refined box)."""
+    names = ("find_minima", "count_people_outside")
+    real = {n: getattr(P, n) for n in names}
     acc = {"s": 0.0, "calls": 0}
 
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return real(*a, **kw)
-        finally:
-            acc["s"] += time.perf_counter() - t
-            acc["calls"] += 1
+    def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                acc["s"] += time.perf_counter() - t
+                acc["calls"] += 1
+        return wrapper
 
-    P.count_people = wrapper
+    for n in names:
+        setattr(P, n, timed(real[n]))
     try:
         yield acc
     finally:
-        P.count_people = real
+        for n in names:
+            setattr(P, n, real[n])
 
 
 def count_flops(predictor: Predictor, img: np.ndarray) -> dict[str, int]:
@@ -200,7 +207,7 @@ def measure_method(ckpt: dict[str, Any], photo: dict[str, Any], *, precision: st
         out.update(count_s=count_s, count_calls_per_image=acc["calls"] / max(1, repeats + warmup),
                    count_share=count_s / max(1e-12, total_s - count_s))
         gt = distance_label_map(photo["points"], img.shape[:2])
-        t, _ = _median_time(lambda: P.count_people(gt, background=10, num_classes=11), 3, 1)
+        t, _ = _median_time(lambda: count_people(gt, background=10, num_classes=11), 3, 1)
         out.update(count_gt_map_s=t, count_share_gt_map=t / max(1e-12, total_s - count_s))
     return out
 

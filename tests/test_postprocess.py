@@ -6,11 +6,14 @@ from collections import deque
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from autoscale.dense_region import Region
 from autoscale.postprocess import (
     count_people,
+    count_people_outside,
     density_peaks,
+    find_minima,
     knn_boxes,
     map_points_back,
     regional_minima,
@@ -240,3 +243,63 @@ def test_count_people_equals_plateau_labelling(seed):
             assert n == len(ref) and np.array_equal(got, ref)
             if not kw:
                 assert np.array_equal(regional_minima(m), _count_people_plateau_reference(m, exclude_background=False))
+
+
+def _masked_reference(m, boxes, **kw):
+    masked = m.copy()
+    for x, y, w, h in boxes:
+        masked[y:y + h, x:x + w] = kw.get("background", 10)
+    return count_people(masked, **kw)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_count_people_outside_equals_the_full_recount(seed):
+    """The minima outside refined boxes, reusing the first count (find_minima), equal counting the
+    map with the boxes set to the background class again: random maps of three kinds (noise,
+    smooth fields, sparse heads on background), one or two boxes, each counting option."""
+    rng = np.random.default_rng(seed)
+    for it in range(150):
+        H, W = (int(v) for v in rng.integers(1, 50, 2))
+        kind = it % 3
+        if kind == 0:
+            m = rng.integers(0, rng.integers(1, 12), (H, W))
+        elif kind == 1:
+            f = ndimage.gaussian_filter(rng.standard_normal((H, W)), rng.uniform(0.5, 4))
+            m = np.clip(((f - f.min()) / (np.ptp(f) + 1e-9) * 11).astype(int), 0, 10)
+        else:
+            m = np.full((H, W), 10)
+            m[rng.integers(0, H, 5), rng.integers(0, W, 5)] = rng.integers(0, 10, 5)
+        m = m.astype(np.uint8)
+        boxes = []
+        for _ in range(int(rng.integers(1, 3))):
+            x, y = int(rng.integers(0, W)), int(rng.integers(0, H))
+            boxes.append((x, y, int(rng.integers(1, W - x + 1)), int(rng.integers(1, H - y + 1))))
+        kw = [{}, {"exclude_background": False}, {"max_class": int(rng.integers(0, 11))}][it % 3]
+        first = find_minima(m, **kw)
+        assert first.count == count_people(m, **kw)[0]
+        np.testing.assert_array_equal(first.points, count_people(m, **kw)[1])
+        want = _masked_reference(m, boxes, **kw)
+        for got in (count_people_outside(m, boxes, first=first, **kw), count_people_outside(m, boxes, **kw)):
+            assert got[0] == want[0]
+            np.testing.assert_array_equal(got[1], want[1])  # bit for bit
+
+
+def test_count_people_outside_follows_a_plateau_beyond_the_window():
+    """A minimum plateau next to the box that runs the map's whole width (far past the first
+    16 px window), a minimum that masking the box creates, and one that it removes."""
+    m = np.full((40, 300), 9, dtype=np.uint8)
+    m[20, :] = 3  # a 300 px long minimum just below the box
+    m[5, 100] = 1  # a head inside the box: gone once the box is background
+    m[12:14, 95] = 6  # a plateau whose lower neighbour lies inside the box ...
+    m[12, 96] = 2  # ... (this pixel, in the box): a minimum only after masking
+    box = [(96, 0, 20, 20)]
+    first = find_minima(m)
+    assert first.count == 3  # the long row, the head, the pixel at (96, 12)
+    got = count_people_outside(m, box, first=first)
+    want = _masked_reference(m, box)
+    assert got[0] == want[0] == 2
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[1].tolist() == [[95.5, 13.0], [150.0, 20.5]]
+    # options that differ from the first count's: recounted in full, still the same
+    np.testing.assert_array_equal(count_people_outside(m, box, first=first, max_class=5)[1],
+                                  _masked_reference(m, box, max_class=5)[1])

@@ -38,7 +38,7 @@ from autoscale.losses import (CenterLoss, bayesian_loss, cross_entropy, decode_c
                               dynamic_cross_entropy, focal_loss, ordinal_regression_loss, sum_cells)
 from autoscale.models.l2s import roi_features, zoom_region
 from autoscale.models.vgg import IMAGENET_MEAN, IMAGENET_STD, normalize
-from autoscale.postprocess import count_people, map_points_back
+from autoscale.postprocess import Minima, count_people_outside, find_minima, map_points_back
 
 Variant = Literal["regression", "localization"]
 
@@ -159,19 +159,24 @@ def zoomed_class_limit(edges: tuple[float, ...], max_class: int | None, scale: f
     return max(k for k in range(len(edges)) if edges[k] < limit)
 
 
-def _map_count(variant: Variant, final: torch.Tensor, cfg: PipelineConfig,
-               scale: float = 1.0) -> tuple[float, np.ndarray, np.ndarray | None]:
-    """Count, numpy map and points of one network output ``(1, C, H, W)`` (``scale``: the zoom
-    of the input it saw)."""
+def _output_map(variant: Variant, final: torch.Tensor, cfg: PipelineConfig) -> np.ndarray:
+    """The numpy map of one network output ``(1, C, H, W)``: density (float32) or classes (uint8)."""
     if variant == "regression":
-        m = final[0, 0].detach().float().cpu().numpy()
+        return final[0, 0].detach().float().cpu().numpy()
+    return decode_classes(final.detach().float(), cfg.loss)[0].cpu().numpy().astype(np.uint8)
+
+
+def _map_count(variant: Variant, final: torch.Tensor, cfg: PipelineConfig,
+               scale: float = 1.0) -> tuple[float, np.ndarray, Minima | None]:
+    """Count, numpy map and (localization) minima of one network output ``(1, C, H, W)``
+    (``scale``: the zoom of the input it saw)."""
+    m = _output_map(variant, final, cfg)
+    if variant == "regression":
         return float(m.sum(dtype=np.float64)), m, None
-    cls = decode_classes(final.detach().float(), cfg.loss)[0].cpu().numpy().astype(np.uint8)
     n_classes = len(cfg.edges)
-    _, pts = count_people(cls, background=n_classes - 1, num_classes=n_classes,
-                          exclude_background=cfg.exclude_background,
-                          max_class=zoomed_class_limit(cfg.edges, cfg.max_head_class, scale))
-    return float(len(pts)), cls, pts
+    minima = find_minima(m, background=n_classes - 1, num_classes=n_classes, exclude_background=cfg.exclude_background,
+                         max_class=zoomed_class_limit(cfg.edges, cfg.max_head_class, scale))
+    return float(minima.count), m, minima
 
 
 class AutoScale(nn.Module):
@@ -243,7 +248,8 @@ class AutoScale(nn.Module):
         # "lazy": an FPN keeps its L2S feature at the levels' native resolution and computes only
         # the dense region's pixels (same values); other counters take it as True.
         out = self.counter(image, return_features=False if single_pass else "lazy")
-        first_count, first_map, first_pts = _map_count(cfg.variant, out.final, cfg)
+        first_count, first_map, first_minima = _map_count(cfg.variant, out.final, cfg)
+        first_pts = None if first_minima is None else first_minima.points
         result = PipelineResult(count=first_count, first_count=first_count, first_map=first_map,
                                 map=first_map.copy(), points=first_pts)
         if single_pass:
@@ -253,7 +259,6 @@ class AutoScale(nn.Module):
             return result
         count = first_count
         display = first_map.copy()
-        keep = np.ones(first_map.shape, dtype=bool)
         refined_pts: list[np.ndarray] = []
         for region in regions:
             s = self._safe_scale(region, self.scale_for(out.features, region))
@@ -265,7 +270,7 @@ class AutoScale(nn.Module):
                 zoomed = zoomed.contiguous(memory_format=torch.channels_last)
             z_out = self.counter(zoomed)
             zoom = 1.0 if cfg.kernel == "divided" else float(s.reshape(-1)[0])
-            z_count, z_map, z_pts = _map_count(cfg.variant, z_out.final, cfg, scale=zoom)
+            z_count, z_map, z_minima = _map_count(cfg.variant, z_out.final, cfg, scale=zoom)
             ys, xs = slice(region.y, region.y + region.h), slice(region.x, region.x + region.w)
             if cfg.variant == "regression":
                 before = float(first_map[ys, xs].sum(dtype=np.float64))
@@ -275,17 +280,16 @@ class AutoScale(nn.Module):
                 display[ys, xs] = back * (z_count / total) if abs(total) > 1e-12 else back
             else:
                 before = float(len(T.region_points(first_pts, (region.x, region.y, region.w, region.h))))
-                keep[ys, xs] = False
-                refined_pts.append(map_points_back(z_pts, (region.x, region.y, region.w, region.h), z_map.shape))
+                refined_pts.append(map_points_back(z_minima.points, (region.x, region.y, region.w, region.h), z_map.shape))
                 display[ys, xs] = cv2.resize(z_map, (region.w, region.h), interpolation=cv2.INTER_NEAREST)
             result.regions.append(RegionResult(region, float(s.reshape(-1)[0]), before, z_count, z_map))
         if cfg.variant == "localization":
             # Minima outside the refined boxes: the official rule sets the box to the background
-            # class and counts minima of the whole map again.
-            masked = first_map.copy()
-            masked[~keep] = len(cfg.edges) - 1
-            _, outside = count_people(masked, background=len(cfg.edges) - 1, num_classes=len(cfg.edges),
-                                      exclude_background=cfg.exclude_background, max_class=cfg.max_head_class)
+            # class and counts minima of the whole map again (the same, reusing the first count).
+            _, outside = count_people_outside(
+                first_map, [(r.region.x, r.region.y, r.region.w, r.region.h) for r in result.regions],
+                first=first_minima, background=len(cfg.edges) - 1, num_classes=len(cfg.edges),
+                exclude_background=cfg.exclude_background, max_class=cfg.max_head_class)
             pts = np.concatenate([outside.reshape(-1, 2), *[p.reshape(-1, 2) for p in refined_pts]], axis=0)
             result.points = pts
             count = float(len(pts))
@@ -370,7 +374,7 @@ def joint_loss(model: AutoScale, image: torch.Tensor, points: np.ndarray, target
         first_map = target.detach()[0, 0 if cfg.variant == "regression" else slice(None)].cpu().numpy()
         first_map = first_map.astype(np.float32 if cfg.variant == "regression" else np.uint8)
     else:
-        _, first_map, _ = _map_count(cfg.variant, out.final, cfg)
+        first_map = _output_map(cfg.variant, out.final, cfg)
     regions = model.dense_regions(first_map)
     if not regions:
         return bd
