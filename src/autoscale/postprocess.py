@@ -195,9 +195,9 @@ def count_people(
     Returns:
         ``(count, points)`` with points as in :func:`regional_minima`.
     """
-    m = as_map(class_map, "class_map")
-    pts = _sorted_points(_regional_minima(m, _exclusion(m, background, num_classes, exclude_background, max_class)))
-    return int(len(pts)), pts
+    found = find_minima(class_map, background=background, num_classes=num_classes,
+                        exclude_background=exclude_background, max_class=max_class)
+    return found.count, found.points
 
 
 def count_people_outside(
