@@ -319,7 +319,8 @@ def _write_report(out: Path, results: dict[str, Any], full: dict[str, dict[str, 
         "",
         "## Setup",
         "",
-        f"- data: `autoscale.data.synth`, seed {results['seed']}, {ds['n_train']} train / {ds['n_test']} test images "
+        f"- data: `autoscale.data.synth`, seed {results['seed']} (training seed {results['train_seed']}), "
+        f"{ds['n_train']} train / {ds['n_test']} test images "
         f"of {ds['size'][0]}x{ds['size'][1]} px; test heads per image mean {ds['test_mean_count']:.1f} "
         f"(min {ds['test_min_count']}, max {ds['test_max_count']})",
         f"- network: {b['backbone']} FPN at width {b['width']} ({start}; Kaiming init elsewhere), Adam lr "
@@ -386,14 +387,17 @@ def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-def run_demo(out: str | PathLike[str], *, seed: int = 0, budget: str | DemoBudget = "default",
-             workers: int = 1, jobs: int = 1, figures: bool = True, verbose: bool = True,
-             **overrides: Any) -> dict[str, Any]:
+def run_demo(out: str | PathLike[str], *, seed: int = 0, train_seed: int | None = None,
+             budget: str | DemoBudget = "default", workers: int = 1, jobs: int = 1, figures: bool = True,
+             verbose: bool = True, **overrides: Any) -> dict[str, Any]:
     """Generate data, train the four models, evaluate them and write the report (see module doc).
 
     Args:
         out: output folder (created; an existing demo output is overwritten file by file).
-        seed: dataset and training seed.
+        seed: dataset seed, and training seed unless ``train_seed`` is given.
+        train_seed: the training seed (initialisation, data order, augmentation) on the ``seed``
+            dataset: the same photos, other runs, to see how much of a difference between the
+            models is the training run's.
         budget: ``"default"``, ``"smoke"`` or a :class:`DemoBudget`; ``overrides`` replace its fields
             (e.g. ``epochs=20``).
         workers: processes for drawing the synthetic images.
@@ -437,7 +441,8 @@ def run_demo(out: str | PathLike[str], *, seed: int = 0, budget: str | DemoBudge
         log: list[dict[str, Any]] = []
         paths: dict[str, Path] = {}
         variants = ("regression", "localization")
-        args = [(v, out / "data", b, seed, out, verbose) for v in variants]
+        t_seed = seed if train_seed is None else int(train_seed)
+        args = [(v, out / "data", b, t_seed, out, verbose) for v in variants]
         n_jobs = 2 if jobs >= 2 else 1
         if n_jobs == 2:
             import concurrent.futures
@@ -465,6 +470,7 @@ def run_demo(out: str | PathLike[str], *, seed: int = 0, budget: str | DemoBudge
             "methods": methods,
             "checkpoints": {k: str(v) for k, v in paths.items()},
             "seed": int(seed),
+            "train_seed": t_seed,
             "jobs": n_jobs,
             "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(b).items()},
             "dataset": {"root": str(out / "data"), "size": list(b.size), "n_train": len(train_recs),

@@ -15,6 +15,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="training seed (default: --seed): other training runs on the same data, to see how much "
+                        "of the difference between the models is the run's")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run with tiny images (for testing)")
     p.add_argument("--workers", type=int, default=1, help="processes for drawing the images (default 1)")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs of both variants")
@@ -38,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
         branch = min(b.branch_epoch, max(0, args.epochs - 1))
         overrides |= {"epochs": args.epochs, "branch_epoch": branch,
                       "loc_epochs": args.epochs, "loc_branch_epoch": branch}
-    run_demo(args.out, seed=args.seed, budget=budget, workers=max(1, args.workers), jobs=args.jobs or default_jobs(),
+    run_demo(args.out, seed=args.seed, train_seed=args.train_seed, budget=budget, workers=max(1, args.workers),
+             jobs=args.jobs or default_jobs(),
              figures=not args.no_figures, verbose=not args.quiet, **overrides)
     return 0
