@@ -202,7 +202,9 @@ def _run_header(predictor: Predictor, inputs: str | PathLike[str] | Sequence[str
             "variant": predictor.variant, "single_pass": predictor.single_pass, "max_side": predictor.max_side,
             "points": predictor.points_mode, "bf16": predictor.bf16, "device": predictor.device.type,
             "normalization": None if norm is None else [list(map(float, v)) for v in norm],
-            "pipeline": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(predictor.config).items()},
+            # refine_weight only weighs a training loss: journals written before it existed still resume
+            "pipeline": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(predictor.config).items()
+                         if k != "refine_weight"},
             **({"engine": predictor.engine} if getattr(predictor, "engine", "torch") != "torch" else {}),
             **settings,
         },
