@@ -279,8 +279,9 @@ class AutoScale(nn.Module):
                 total = float(back.sum(dtype=np.float64))
                 display[ys, xs] = back * (z_count / total) if abs(total) > 1e-12 else back
             else:
-                before = float(len(T.region_points(first_pts, (region.x, region.y, region.w, region.h))))
-                refined_pts.append(map_points_back(z_minima.points, (region.x, region.y, region.w, region.h), z_map.shape))
+                box = (region.x, region.y, region.w, region.h)
+                before = float(len(T.region_points(first_pts, box)))
+                refined_pts.append(map_points_back(z_minima.points, box, z_map.shape))
                 display[ys, xs] = cv2.resize(z_map, (region.w, region.h), interpolation=cv2.INTER_NEAREST)
             result.regions.append(RegionResult(region, float(s.reshape(-1)[0]), before, z_count, z_map))
         if cfg.variant == "localization":
