@@ -16,8 +16,9 @@ for the network, :func:`autoscale.runner.predict_paths` for folders). Per method
   measured in the same run by a large ``torch.matmul`` in the method's precision (bf16 for bf16,
   fp32 for fp32 and onnxruntime); ``ratio_to_floor = total_s / floor_s``;
 * localization: ``count_s``, the time of the regional-minima counting (``find_minima``,
-  ``count_people_outside``) inside ``total_s``, and ``count_share = count_s / (total_s - count_s)``; the same counting on the
-  ground-truth class map (what a well-trained network outputs) is ``count_share_gt_map``.
+  ``count_people_outside``) inside ``total_s``, and ``count_share = count_s / (total_s - count_s)``;
+  the same counting on the ground-truth class map (what a well-trained network outputs) is
+  ``count_share_gt_map``.
 
 Also: the CSRNet peer (``csrnet_regression``, fp32, single pass); folder throughput
 (``predict_paths`` on ``--folder-images`` real photos with maps, points and overlays, streamed and
@@ -261,7 +262,8 @@ def measure_folder(ckpt: dict[str, Any], n: int, size: tuple[int, int] | None, w
         rates["network_only"].append(n / (time.perf_counter() - t))
         for mode, prefetch, fmt in modes:
             t = time.perf_counter()
-            predict_paths(p, folder, work / f"out_{mode}_{r}", prefetch=prefetch, overlay_format=fmt, log=lambda m: None)
+            predict_paths(p, folder, work / f"out_{mode}_{r}", prefetch=prefetch, overlay_format=fmt,
+                          log=lambda m: None)
             rates[mode].append(n / (time.perf_counter() - t))
     out: dict[str, Any] = {"images": n, "size": list(imgs[0].shape[:2]), "precision": p.precision,
                            "backbone": ckpt["model"]["kwargs"].get("backbone", "vgg16"), "rounds": rounds}

@@ -396,7 +396,7 @@ def run_demo(out: str | PathLike[str], *, seed: int = 0, train_seed: int | None 
         out: output folder (created; an existing demo output is overwritten file by file).
         seed: dataset seed, and training seed unless ``train_seed`` is given.
         train_seed: the training seed (initialisation, data order, augmentation) on the ``seed``
-            dataset: the same photos, other runs, to see how much of a difference between the
+            dataset: the same images, other runs, to see how much of a difference between the
             models is the training run's.
         budget: ``"default"``, ``"smoke"`` or a :class:`DemoBudget`; ``overrides`` replace its fields
             (e.g. ``epochs=20``).
