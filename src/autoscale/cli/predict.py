@@ -2,9 +2,9 @@
 
 Writes ``DIR/counts.csv``, ``DIR/counts.json``, ``DIR/maps/<name>.npy``, ``DIR/points/<name>.csv``,
 ``DIR/overlays/<name>.png`` (``.jpg`` with ``--overlay-format jpg``) and, with ``--nwpu``, the NWPU
-submission files (layout and coordinate conventions: :mod:`autoscale.predict`, :mod:`autoscale.runner`). ``--resume`` continues a run that was
-killed or crashed into the same ``--out``: images already counted (``DIR/progress.jsonl``) are
-skipped. Exit code 0 when every input was counted, 1 when some
+submission files (layout and coordinate conventions: :mod:`autoscale.predict`, :mod:`autoscale.runner`).
+``--resume`` continues a run that was killed or crashed into the same ``--out``: images already
+counted (``DIR/progress.jsonl``) are skipped. Exit code 0 when every input was counted, 1 when some
 inputs of a folder could not be read (they are listed on stderr and in counts.json "errors"),
 2 for bad input (missing INPUT, corrupt checkpoint, unwritable output directory).
 """
