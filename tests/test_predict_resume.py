@@ -245,3 +245,26 @@ def test_nwpu_files_after_resume(tmp_path, ckpt, one_thread):
                   resume=True, log=lambda m: None)
     for f in ("nwpu_counts.txt", "nwpu_loc.txt", "counts.json", "counts.csv"):
         assert (out / f).read_bytes() == (tmp_path / "ref" / f).read_bytes(), f
+
+
+def test_resume_a_journal_written_before_a_pipeline_setting_existed(tmp_path, ckpt, folder, reference, one_thread):
+    """A journal whose header lacks a pipeline setting (written by a version before the setting
+    existed; here refine_weight) resumes when this run has the setting at its default, and is
+    refused when it does not."""
+    out = tmp_path / "out"
+    p = CrashingPredictor.from_checkpoint(ckpt)
+    p.crash_at = 4
+    with pytest.raises(Crash):
+        predict_paths(p, folder, out)
+    lines = (out / JOURNAL).read_bytes().split(b"\n")
+    header = json.loads(lines[0])
+    assert header["settings"]["pipeline"].pop("refine_weight") == 1.0
+    (out / JOURNAL).write_bytes(b"\n".join([json.dumps(header).encode(), *lines[1:]]))
+    other = CrashingPredictor.from_checkpoint(ckpt)
+    other.config.refine_weight = 0.5
+    with pytest.raises(DataError, match=r"different options \(pipeline\)"):
+        predict_paths(other, folder, out, resume=True, log=lambda m: None)
+    p2 = CrashingPredictor.from_checkpoint(ckpt)
+    predict_paths(p2, folder, out, resume=True, log=lambda m: None)
+    assert p2.calls == N_IMAGES - 3
+    assert_same_as(out, reference)

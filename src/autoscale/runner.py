@@ -188,6 +188,11 @@ def _weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _pipeline_settings(config: Any) -> dict[str, Any]:
+    """A :class:`~autoscale.pipeline.PipelineConfig` as JSON values (tuples as lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+
+
 def _run_header(predictor: Predictor, inputs: str | PathLike[str] | Sequence[str | PathLike[str]],
                 settings: dict[str, Any]) -> dict[str, Any]:
     """The journal's first line: what must match for a run to resume another."""
@@ -202,9 +207,7 @@ def _run_header(predictor: Predictor, inputs: str | PathLike[str] | Sequence[str
             "variant": predictor.variant, "single_pass": predictor.single_pass, "max_side": predictor.max_side,
             "points": predictor.points_mode, "bf16": predictor.bf16, "device": predictor.device.type,
             "normalization": None if norm is None else [list(map(float, v)) for v in norm],
-            # refine_weight only weighs a training loss: journals written before it existed still resume
-            "pipeline": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(predictor.config).items()
-                         if k != "refine_weight"},
+            "pipeline": _pipeline_settings(predictor.config),
             **({"engine": predictor.engine} if getattr(predictor, "engine", "torch") != "torch" else {}),
             **settings,
         },
@@ -251,7 +254,12 @@ def _check_header(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     what = []
     if old.get("weights") != new["weights"]:
         what.append("a different checkpoint (model weights differ)")
-    settings_old = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+    settings_old = dict(old["settings"]) if isinstance(old.get("settings"), dict) else {}
+    if isinstance(settings_old.get("pipeline"), dict):
+        from autoscale.pipeline import PipelineConfig
+
+        # a pipeline setting added since that run was written ran there at its default
+        settings_old["pipeline"] = {**_pipeline_settings(PipelineConfig()), **settings_old["pipeline"]}
     diff = sorted(k for k in set(settings_old) | set(new["settings"]) if settings_old.get(k) != new["settings"].get(k))
     if diff:
         what.append("different options (" + ", ".join(diff) + ")")
@@ -692,7 +700,7 @@ def predict_paths(
         "variant": predictor.variant,
         "single_pass": predictor.single_pass,
         "max_side": predictor.max_side,
-        "pipeline": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(predictor.config).items()},
+        "pipeline": _pipeline_settings(predictor.config),
         "checkpoint": predictor.info,
         "num_images": len(records),
         "total_count": float(sum(r["count"] for r in records)),
