@@ -31,10 +31,15 @@ __all__ = [
 
 
 
+def _yx_order(pts: np.ndarray) -> np.ndarray:
+    """The order that sorts ``(N, 2)`` points ``(x, y)`` by y then x (the points' convention)."""
+    return np.lexsort((pts[:, 0], pts[:, 1]))
+
+
 def _sorted_points(centroids: np.ndarray) -> np.ndarray:
     """Pixel-index centroids ``(x, y)`` -> pixel-centre points (``+ 0.5``), sorted by y then x."""
     pts = np.asarray(centroids, dtype=np.float64).reshape(-1, 2) + 0.5
-    return pts[np.lexsort((pts[:, 0], pts[:, 1]))]
+    return pts[_yx_order(pts)]
 
 
 def _regional_minima(m: np.ndarray, exclude: np.ndarray | None = None, *, with_pixels: bool = False,
@@ -164,7 +169,7 @@ def find_minima(
     cents, pixels, owner = _regional_minima(m, _exclusion(m, background, num_classes, exclude_background, max_class),
                                             with_pixels=True)
     pts = cents + 0.5
-    order = np.lexsort((pts[:, 0], pts[:, 1]))
+    order = _yx_order(pts)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return Minima(pts[order], pixels, rank[owner], m.shape, _options(background, num_classes, exclude_background,
@@ -264,7 +269,7 @@ def count_people_outside(
         k *= 2
     found = cents[w_near] + 0.5
     pts = np.concatenate([kept, found], axis=0)
-    pts = pts[np.lexsort((pts[:, 0], pts[:, 1]))]
+    pts = pts[_yx_order(pts)]
     return int(len(pts)), pts
 
 
