@@ -255,19 +255,35 @@ def test_lazy_features_equal_full_features_lite(variant, size):
         roi_features(lazy, (W - 2, 0, 3, 1))
 
 
-def test_lazy_features_vgg_and_detach():
-    """VGG FPNs (align_corners=True maps) crop the full map: identical; detach drops the graph."""
+@pytest.mark.parametrize("size", [(40, 52), (37, 61), (101, 77)])
+def test_lazy_features_vgg_and_detach(size):
+    """VGG FPNs (align_corners=True maps; regression centre-crops each level's x-stride upsampling,
+    localization resizes it to the input): crop() slices the full map, identical; pooling without
+    autograd (separable, float32, never upsampled) equals pooling the float32 full map up to
+    rounding (fp32 and under bf16 autocast), and with autograd it is the old path, identical;
+    detach drops the graph."""
     from autoscale.models.fpn import LocalizationFPN, RegressionFPN
 
     torch.manual_seed(0)
-    x = torch.randn(1, 3, 40, 52)
+    x = torch.randn(1, 3, *size)
     for cls in (RegressionFPN, LocalizationFPN):
         m = cls("vgg16", width=0.125).eval()
-        with torch.no_grad():
-            full = m(x, return_features=True).features
-            lazy = m(x, return_features="lazy").features
-        for box in _boxes(40, 52, 5, seed=1):
-            assert torch.equal(roi_features(lazy, box), roi_features(full, box))
+        for bf16 in (False, True):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                full = m(x, return_features=True).features
+                lazy = m(x, return_features="lazy").features
+            up32 = torch.cat([m._feature(p.float(), s, *size) for p, s in zip(lazy.maps, lazy.strides)], 1)
+            scale = float(up32.abs().max())
+            for box in _boxes(*size, 12, seed=size[1]):
+                x0, y0, w, h = box
+                assert torch.equal(lazy.crop(box), full[..., y0:y0 + h, x0:x0 + w])
+                with torch.no_grad():
+                    got = roi_features(lazy, box)
+                assert got.dtype == torch.float32
+                exact = F.adaptive_avg_pool2d(up32[..., y0:y0 + h, x0:x0 + w], 14)
+                torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-6 * scale)
+                if not bf16:
+                    assert torch.equal(roi_features(lazy, box), roi_features(full, box))  # autograd on
     m = RegressionFPN("efficientnet_lite0", width=0.25).train()
     lazy = m(x, return_features="lazy").features
     assert lazy.maps[0].requires_grad and not any(t.requires_grad for t in lazy.detach().maps)

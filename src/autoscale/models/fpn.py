@@ -134,13 +134,14 @@ class LazyFeatures:
 
     ``full()`` is exactly the tensor ``forward(x, return_features=True)`` returns
     (``(B, C, H, W)``); ``crop((x, y, w, h))`` is ``full()[..., y:y+h, x:x+w]`` computed from
-    the few rows and columns of each level that the region's pixels interpolate from, so
-    :func:`autoscale.models.l2s.roi_features` of a dense region no longer upsamples the whole
-    152-channel map to the input resolution. For the corner-aligned (EfficientNet-Lite) FPNs the
-    crop is bit-identical to slicing the full map: a power-of-two stride makes the bilinear
-    (align_corners=False) source coordinates and weights exact, the same in a window as in the
-    whole map, and the window keeps every neighbour (and the border clamp) the region's pixels
-    use. Other FPNs (VGG's align_corners=True maps) crop ``full()``.
+    the few rows and columns of each level that the region's pixels interpolate from, and
+    ``pool`` (what :func:`autoscale.models.l2s.roi_features` of a dense region calls at inference)
+    never upsamples the region at all, so the whole 152-channel map is never brought to the input
+    resolution. For the corner-aligned (EfficientNet-Lite) FPNs the crop is bit-identical to
+    slicing the full map: a power-of-two stride makes the bilinear (align_corners=False) source
+    coordinates and weights exact, the same in a window as in the whole map, and the window keeps
+    every neighbour (and the border clamp) the region's pixels use. Other FPNs (VGG's
+    align_corners=True maps) crop ``full()``.
 
     The autocast state of the forward pass is recorded and reapplied, so the values do not depend
     on where the crop is taken. ``detach()`` detaches the maps (L2S reads detached features).
@@ -185,12 +186,16 @@ class LazyFeatures:
     def _windowed(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
         """The checked integer ``(x, y, w, h)`` when a region can be computed from windows of the
         levels (corner-aligned FPN, power-of-two strides), else None."""
+        xywh = self._check(box)
+        if not self._fpn.corner_aligned or not all(_power_of_two(s) for s in self.strides):
+            return None
+        return xywh
+
+    def _check(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         x, y, w, h = (int(v) for v in box)
         H, W = self.size
         if w < 1 or h < 1 or x < 0 or y < 0 or x + w > W or y + h > H:
             raise ValueError(f"region (x={x}, y={y}, w={w}, h={h}) is empty or outside the {H}x{W} map")
-        if not self._fpn.corner_aligned or not all(_power_of_two(s) for s in self.strides):
-            return None
         return x, y, w, h
 
     def _level_crops(self, box: tuple[int, int, int, int]) -> list[torch.Tensor] | None:
@@ -210,20 +215,22 @@ class LazyFeatures:
             return torch.cat(crops, 1)
 
     def pool(self, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-        """``adaptive_avg_pool2d(crop(box), size)``: for the corner-aligned FPNs without autograd
-        computed level by level in float32 without upsampling the region (:func:`_pool_up_corner`;
-        equal to pooling the float32 region up to rounding, so under bf16 autocast more precise
-        than pooling the bf16 crop); in training each level's region is upsampled and pooled (the
-        numerics training always had); other FPNs pool :meth:`crop`."""
+        """``adaptive_avg_pool2d(crop(box), size)``. Without autograd (inference) computed level by
+        level in float32 without upsampling the region (:func:`_pool_up`; equal to pooling the
+        float32 region up to rounding, so under bf16 autocast more precise than pooling the bf16
+        crop), for every FPN; in training the region is upsampled and pooled (the numerics
+        training always had: level by level for the corner-aligned FPNs, else from :meth:`full`)."""
         xywh = self._windowed(box)
-        if xywh is None:
+        if torch.is_grad_enabled():
             with self._ctx():
-                return F.adaptive_avg_pool2d(self.crop(box), (size, size))
-        if torch.is_grad_enabled():  # training: the region upsampled level by level
-            with self._ctx():
+                if xywh is None:
+                    return F.adaptive_avg_pool2d(self.crop(box), (size, size))
                 return torch.cat([F.adaptive_avg_pool2d(c, (size, size)) for c in self._level_crops(box)], 1)
-        x, y, w, h = xywh
-        return torch.cat([_pool_up_corner(p, s, (y, h), (x, w), size) for p, s in zip(self.maps, self.strides)], 1)
+        x, y, w, h = self._check(box)
+        mode = self._fpn.feature_mode
+        H, W = self.size
+        return torch.cat([_pool_up(p, s, (y, h, H), (x, w, W), size, mode=mode)
+                          for p, s in zip(self.maps, self.strides)], 1)
 
 
 def _source_span(start: int, length: int, stride: int, n: int) -> tuple[int, int]:
@@ -236,17 +243,32 @@ def _source_span(start: int, length: int, stride: int, n: int) -> tuple[int, int
     return lower(start), min(n, lower(start + length - 1) + 2)
 
 
-def _pool_matrix(start: int, length: int, stride: int, n: int, size: int) -> tuple[np.ndarray, int, int]:
+def _pool_matrix(start: int, length: int, stride: int, n: int, size: int, *, mode: str = "corner",
+                 full: int | None = None) -> tuple[np.ndarray, int, int]:
     """1-D ``adaptive_avg_pool(up(v)[start:start+length], size)`` as ``M @ v[a:b]``: returns
-    ``(M (size, b - a) float64, a, b)``, for an ``n -> n * stride`` bilinear (align_corners=False)
-    upsampling ``up`` (PyTorch's source index ``max((i + 0.5) / stride - 0.5, 0)``, upper neighbour
-    clamped to ``n - 1``) and adaptive pooling's bins ``[floor(k L / size), ceil((k + 1) L / size))``."""
-    a, b = _source_span(start, length, stride, n)
-    src = np.maximum((np.arange(start, start + length) + 0.5) / stride - 0.5, 0.0)
+    ``(M (size, b - a) float64, a, b)``, for the FPN's upsampling ``up`` of a level of ``n`` values to
+    the input's ``full`` values (:attr:`_FPNBase.feature_mode`). ``"corner"``: ``n -> n * stride``
+    bilinear (align_corners=False; PyTorch's source index ``max((i + 0.5) / stride - 0.5, 0)``), then
+    the first ``full``; ``"center"``: ``n -> n * stride`` with align_corners=True (source
+    ``i (n - 1) / (n stride - 1)``), then centre-cropped to ``full`` (:func:`center_crop`);
+    ``"resize"``: ``n -> full`` with align_corners=True. The upper neighbour is clamped to ``n - 1``;
+    adaptive pooling's bins are ``[floor(k L / size), ceil((k + 1) L / size))``."""
+    i = np.arange(start, start + length, dtype=np.float64)
+    if mode == "corner":
+        src = np.maximum((i + 0.5) / stride - 0.5, 0.0)
+    elif mode == "center":
+        big = n * stride
+        i = i + (big - (big if full is None else full)) // 2
+        src = i * ((n - 1) / (big - 1)) if stride > 1 and big > 1 else i
+    elif mode == "resize":
+        src = i * ((n - 1) / (full - 1)) if full is not None and full > 1 else i * 0.0
+    else:
+        raise ValueError(f"unknown upsampling mode {mode!r}")
     lo = np.floor(src)
     lam = src - lo
-    lo = lo.astype(np.int64)
+    lo = np.minimum(lo.astype(np.int64), n - 1)
     hi = np.minimum(lo + 1, n - 1)
+    a, b = int(lo.min()), int(hi.max()) + 1
     k = np.arange(size)
     p0, p1 = (k * length) // size, -(-((k + 1) * length) // size)
     bins = np.repeat(k, p1 - p0)  # output row k averages upsampled rows p0[k] .. p1[k] - 1 (bins overlap)
@@ -258,15 +280,17 @@ def _pool_matrix(start: int, length: int, stride: int, n: int, size: int) -> tup
     return m, a, b
 
 
-def _pool_up_corner(p: torch.Tensor, stride: int, rows: tuple[int, int], cols: tuple[int, int],
-                    size: int) -> torch.Tensor:
-    """``adaptive_avg_pool2d(_window_up_corner(p, stride, rows, cols), size)`` in float32, as
-    ``Mh @ p[window] @ Mw^T``: bilinear upsampling and adaptive average pooling are both separable
-    and linear, so the region is never upsampled (equal up to float rounding; the 152-channel
-    768x1024 L2S feature of a dense region: 15 -> 1 ms here)."""
-    (y, h), (x, w) = rows, cols
-    mh, a, b = _pool_matrix(y, h, stride, p.shape[-2], size)
-    mw, c, d = _pool_matrix(x, w, stride, p.shape[-1], size)
+def _pool_up(p: torch.Tensor, stride: int, rows: tuple[int, int, int], cols: tuple[int, int, int],
+             size: int, *, mode: str) -> torch.Tensor:
+    """``adaptive_avg_pool2d`` of region ``rows = (y, h, H)``, ``cols = (x, w, W)`` of level ``p``
+    upsampled to the ``H x W`` input (:meth:`_FPNBase._feature`), in float32, as
+    ``Mh @ p[window] @ Mw^T``: bilinear upsampling, cropping and adaptive average pooling are all
+    separable and linear, so the region is never upsampled (equal up to float rounding; the
+    152-channel 768x1024 L2S feature of a dense region: 15 -> 1 ms here for Lite0, 300 -> 2 ms
+    for VGG16, whose full map was upsampled before)."""
+    (y, h, H), (x, w, W) = rows, cols
+    mh, a, b = _pool_matrix(y, h, stride, p.shape[-2], size, mode=mode, full=H)
+    mw, c, d = _pool_matrix(x, w, stride, p.shape[-1], size, mode=mode, full=W)
     win = p[..., a:b, c:d].permute(0, 2, 3, 1).float()  # (B, h, w, C): channels-last maps stay in place
     with torch.autocast(p.device.type, enabled=False):
         pooled_rows = torch.einsum("sh,bhwc->bswc", torch.from_numpy(mh).to(win), win)
@@ -412,6 +436,11 @@ class _FPNBase(nn.Module):
     @property
     def corner_aligned(self) -> bool:
         return self.backbone.alignment == "corner"
+
+    @property
+    def feature_mode(self) -> str:
+        """How :meth:`_feature` brings a level to the input size (:func:`_pool_matrix`'s ``mode``)."""
+        return "corner" if self.corner_aligned else "center"
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -583,6 +612,10 @@ class LocalizationFPN(_FPNBase):
 
     def _imagenet_convs(self, official_init: bool) -> list[int]:
         return [] if official_init else conv_indices(self.backbone.arch)
+
+    @property
+    def feature_mode(self) -> str:
+        return "corner" if self.corner_aligned else "resize"
 
     def _feature(self, p: torch.Tensor, stride: int, h: int, w: int) -> torch.Tensor:
         if self.corner_aligned:
