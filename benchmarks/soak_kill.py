@@ -557,7 +557,7 @@ def valid_outputs(out: Path, name: str) -> bool:
         m = np.load(out / "maps" / f"{name}.npy")
         lines = (out / "points" / f"{name}.csv").read_text().splitlines()
         pts = [tuple(float(v) for v in ln.split(",")) for ln in lines[1:]]
-        ov = cv2.imread(str(out / "overlays" / f"{name}.png"))
+        ov = cv2.imread(str(out / "overlays" / f"{name}.jpg"))
     except (OSError, ValueError):
         return False
     return m.ndim == 2 and lines[0] == "x,y" and all(len(p) == 2 for p in pts) and ov is not None

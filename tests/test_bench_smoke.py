@@ -49,10 +49,10 @@ def test_files_and_definitions(tiny):
             assert r["count_share"] == pytest.approx(r["count_s"] / (r["total_s"] - r["count_s"]))
     f = saved["folder"]
     assert f["throughput_ratio"] == pytest.approx(f["streamed_images_per_s"] / f["network_only_images_per_s"])
-    for mode in ("network_only", "streamed", "sequential", "streamed_jpg"):  # medians of the rounds
+    for mode in ("network_only", "streamed", "sequential", "streamed_png"):  # medians of the rounds
         assert len(f[f"{mode}_images_per_s_rounds"]) == f["rounds"] == 3
         assert f[f"{mode}_images_per_s"] == sorted(f[f"{mode}_images_per_s_rounds"])[1]
-    assert f["throughput_ratio_jpg_overlays"] == pytest.approx(f["streamed_jpg_images_per_s"] / f["network_only_images_per_s"])
+    assert f["throughput_ratio_png_overlays"] == pytest.approx(f["streamed_png_images_per_s"] / f["network_only_images_per_s"])
     for v in saved["bf16_count_check"].values():
         assert v["max_rel_diff"] == max(v["rel_diffs"]) and abs(v["mean_signed_rel_diff"]) <= v["max_rel_diff"]
         assert f"{len(v['rel_diffs'])} photos, max {v['max_rel_diff']:.2%}" in md

@@ -260,7 +260,7 @@ def test_runner_overlay_of_a_big_photo_at_the_decoded_resolution(tmp_path, monke
     m = np.load(tmp_path / "out" / "maps" / "IMG_1.npy")
     assert m.shape == (768, 1024) and m.dtype == np.float32
     assert float(m.sum()) == pytest.approx(rec["count"], rel=1e-4, abs=1e-3)
-    ov = cv2.imread(str(tmp_path / "out" / "overlays" / "IMG_1.png"))
+    ov = cv2.imread(str(tmp_path / "out" / "overlays" / "IMG_1.jpg"))
     assert ov.shape == (300, 400, 3)
     pts = np.loadtxt(tmp_path / "out" / "points" / "IMG_1.csv", delimiter=",", skiprows=1, ndmin=2)
     assert len(pts) == rec["num_points"] and (pts[:, 0] < 1024).all() and (pts[:, 1] < 768).all()

@@ -85,7 +85,8 @@ def test_image_layout_and_api_matches_cli(tmp_path, ckpts, capsys):
     assert summary["errors"] == [] and summary["images"][0]["image"] == "crowd"
     m = np.load(out / "maps" / "crowd.npy")
     assert m.shape == (64, 80) and m.dtype == np.float32
-    overlay = cv2.imread(str(out / "overlays" / "crowd.png"))
+    assert sorted(q.name for q in (out / "overlays").iterdir()) == ["crowd.jpg"]  # JPEG by default
+    overlay = cv2.imread(str(out / "overlays" / "crowd.jpg"))
     assert overlay.shape == (64, 80, 3)
     assert (out / "points" / "crowd.csv").read_text().splitlines()[0] == "x,y"
     # Python API on the same file gives the same count and map.
@@ -107,15 +108,17 @@ def test_image_layout_and_api_matches_cli(tmp_path, ckpts, capsys):
     assert predict_paths is runner_predict_paths
 
 
-def test_overlay_format_jpg(tmp_path, ckpts):
-    """--overlay-format jpg writes overlays/<name>.jpg (JPEG) instead of .png: the same picture up to
-    JPEG loss, every other output identical to the PNG run's; a bad format is one ConfigError."""
+def test_overlay_formats(tmp_path, ckpts):
+    """Overlays are JPEG (quality 92) by default and lossless PNG with --overlay-format png: the
+    JPEG is cv2's encoding of the PNG's picture, every other output identical; a bad format is
+    one ConfigError."""
     img = save_png(tmp_path / "crowd.png", crowd_image(64, 80))
     outs = {}
-    for fmt in ("png", "jpg"):
+    for fmt, flag in (("png", ["--overlay-format", "png"]), ("jpg", [])):
         outs[fmt] = tmp_path / fmt
         assert main(["predict", str(img), "--checkpoint", str(ckpts["regression"]), "--out", str(outs[fmt]),
-                     "--overlay-format", fmt]) == 0
+                     *flag]) == 0
+    assert sorted(q.name for q in (outs["png"] / "overlays").iterdir()) == ["crowd.png"]
     assert sorted(q.name for q in (outs["jpg"] / "overlays").iterdir()) == ["crowd.jpg"]
     assert (outs["jpg"] / "overlays" / "crowd.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG magic
     png = cv2.imread(str(outs["png"] / "overlays" / "crowd.png"))  # lossless: the overlay itself

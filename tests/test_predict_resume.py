@@ -77,7 +77,8 @@ def assert_same_as(out: Path, ref: Path) -> None:
     for n in names:
         assert np.load(out / "maps" / f"{n}.npy").dtype == np.float32
         read_points_csv(out / "points" / f"{n}.csv")
-        assert cv2.imread(str(out / "overlays" / f"{n}.png")) is not None
+        assert (out / "overlays" / f"{n}.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG, the default
+        assert cv2.imread(str(out / "overlays" / f"{n}.jpg")) is not None
 
 
 class Crash(Exception):
@@ -157,7 +158,7 @@ def test_journaled_image_whose_file_is_gone_is_counted_again(tmp_path, ckpt, fol
     p.crash_at = 4
     with pytest.raises(Crash):
         predict_paths(p, folder, out)
-    (out / "overlays" / "img2.png").unlink()
+    (out / "overlays" / "img2.jpg").unlink()
     p2 = CrashingPredictor.from_checkpoint(ckpt)
     predict_paths(p2, folder, out, resume=True, log=lambda m: None)
     assert p2.calls == N_IMAGES - 2  # img1 and img3 kept, img2 and the rest counted
@@ -177,7 +178,7 @@ def test_resume_refuses_another_checkpoint_or_options(tmp_path, ckpt, folder, ca
     cases = [
         (["--checkpoint", str(other)], "a different checkpoint (model weights differ)"),
         (["--checkpoint", str(ckpt), "--no-overlays"], "different options (overlays)"),
-        (["--checkpoint", str(ckpt), "--overlay-format", "jpg"], "different options (overlay_format)"),
+        (["--checkpoint", str(ckpt), "--overlay-format", "png"], "different options (overlay_format)"),
         (["--checkpoint", str(ckpt), "--max-side", "64", "--single-pass"], "different options (max_side, single_pass)"),
     ]
     for extra, why in cases:
@@ -268,3 +269,26 @@ def test_resume_a_journal_written_before_a_pipeline_setting_existed(tmp_path, ck
     predict_paths(p2, folder, out, resume=True, log=lambda m: None)
     assert p2.calls == N_IMAGES - 3
     assert_same_as(out, reference)
+
+
+def test_resume_a_journal_written_before_overlay_format_was_recorded(tmp_path, ckpt, folder, one_thread):
+    """Headers used to record overlay_format only for JPEG; PNG was the default then. A journal
+    without it resumes as a PNG run (with --overlay-format png, to that run's outputs) and is
+    refused with today's default JPEG overlays."""
+    ref = tmp_path / "ref"
+    predict_paths(Predictor.from_checkpoint(ckpt), folder, ref, overlay_format="png", log=lambda m: None)
+    out = tmp_path / "out"
+    p = CrashingPredictor.from_checkpoint(ckpt)
+    p.crash_at = 3
+    with pytest.raises(Crash):
+        predict_paths(p, folder, out, overlay_format="png")
+    lines = (out / JOURNAL).read_bytes().split(b"\n")
+    header = json.loads(lines[0])
+    assert header["settings"].pop("overlay_format") == "png"
+    (out / JOURNAL).write_bytes(b"\n".join([json.dumps(header).encode(), *lines[1:]]))
+    with pytest.raises(DataError, match=r"different options \(overlay_format\)"):
+        predict_paths(Predictor.from_checkpoint(ckpt), folder, out, resume=True, log=lambda m: None)
+    p2 = CrashingPredictor.from_checkpoint(ckpt)
+    predict_paths(p2, folder, out, resume=True, overlay_format="png", log=lambda m: None)
+    assert p2.calls == N_IMAGES - 2
+    assert outputs(out) == outputs(ref)

@@ -9,10 +9,10 @@ Output layout (``DIR``)::
     counts.json           per-image counts, regions, settings, "errors" (written last)
     maps/<name>.npy       map at the input resolution
     points/<name>.csv     x,y head points, input-image pixels
-    overlays/<name>.png   heatmap + dense-region box + points with KNN boxes, at the input
+    overlays/<name>.jpg   heatmap + dense-region box + points with KNN boxes, at the input
                           resolution (at most READ_SIDE = 4096 px on the longer side for a
                           bigger photo: the resolution it was decoded at, see Predictor.read);
-                          <name>.jpg with overlay_format="jpg" (JPEG quality 92)
+                          JPEG quality 92, or lossless <name>.png with overlay_format="png"
     nwpu_counts.txt       "id count" (with nwpu=True; id = numeric file stem)
     nwpu_loc.txt          "id num x y ..." (with nwpu=True; integer coordinates, floor)
     progress.jsonl        the run's header, then one line per counted image (what resume reads)
@@ -255,6 +255,8 @@ def _check_header(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
     if old.get("weights") != new["weights"]:
         what.append("a different checkpoint (model weights differ)")
     settings_old = dict(old["settings"]) if isinstance(old.get("settings"), dict) else {}
+    # journals from before overlay_format was recorded in every header had PNG overlays
+    settings_old.setdefault("overlay_format", "png")
     if isinstance(settings_old.get("pipeline"), dict):
         from autoscale.pipeline import PipelineConfig
 
@@ -402,7 +404,7 @@ def predict_paths(
     fps: float | None = None,
     nwpu: bool = False,
     overlays: bool = True,
-    overlay_format: Literal["png", "jpg"] = "png",
+    overlay_format: Literal["png", "jpg"] = "jpg",
     save_maps: bool = True,
     resume: bool = False,
     log: Callable[[str], None] | None = None,
@@ -425,10 +427,11 @@ def predict_paths(
     ``prefetch`` decoded images + 2 pending outputs; a photo above
     :data:`autoscale.predict.READ_SIDE` is decoded reduced (:meth:`Predictor.read`).
 
-    ``overlay_format``: ``png`` (lossless, default) or ``jpg`` (JPEG quality 92: measured on 1024x768
-    ShanghaiTech photos with a trained model's overlay, ~6 ms to encode and ~0.19 MB against PNG's
-    30-70 ms and ~1.2 MB; the overlay is the costliest file written, so on a CPU whose cores all run
-    the network this is what keeps a folder's throughput near the network's).
+    ``overlay_format``: ``jpg`` (JPEG quality 92, default) or ``png`` (lossless). Measured on
+    1024x768 ShanghaiTech photos with a trained model's overlay: ~3-6 ms to encode and ~0.2 MB
+    against PNG's 30-70 ms and ~1.2 MB. The overlay is a picture to look at (the exact map and
+    points are the .npy and .csv files) and the costliest file written: on a CPU whose cores all
+    run the network, PNG overlays cost a folder ~10 % of its throughput (benchmarks).
 
     ``progress``: a progress bar on stderr over images and sampled video frames, naming the image
     being read, counted or written (the CLI's ``--progress``).
@@ -455,7 +458,7 @@ def predict_paths(
     say = log or (lambda msg: print(msg, file=sys.stderr))
     header = _run_header(predictor, inputs, {"every_n_frames": every_n_frames, "fps": fps, "nwpu": bool(nwpu),
                                              "overlays": bool(overlays), "save_maps": bool(save_maps),
-                                             **({"overlay_format": overlay_format} if overlay_format != "png" else {})})
+                                             "overlay_format": overlay_format})
     journal_path = out_path / JOURNAL
     done: dict[str, dict[str, Any]] = {}  # journal records of an interrupted run, by name
     keep: int | None = None  # resume: bytes of the old journal to keep (None: start a new one)

@@ -1,7 +1,7 @@
 """``autoscale predict``: count people in images, folders of images and videos.
 
 Writes ``DIR/counts.csv``, ``DIR/counts.json``, ``DIR/maps/<name>.npy``, ``DIR/points/<name>.csv``,
-``DIR/overlays/<name>.png`` (``.jpg`` with ``--overlay-format jpg``) and, with ``--nwpu``, the NWPU
+``DIR/overlays/<name>.jpg`` (lossless ``.png`` with ``--overlay-format png``) and, with ``--nwpu``, the NWPU
 submission files (layout and coordinate conventions: :mod:`autoscale.predict`, :mod:`autoscale.runner`).
 ``--resume`` continues a run that was killed or crashed into the same ``--out``: images already
 counted (``DIR/progress.jsonl``) are skipped. Exit code 0 when every input was counted, 1 when some
@@ -50,9 +50,9 @@ def register(subparsers: argparse._SubParsersAction, summary: str) -> None:
     rate.add_argument("--fps", type=_positive_float, default=None, metavar="F", help="videos: F frames per second")
     p.add_argument("--nwpu", action="store_true", help="also write nwpu_counts.txt / nwpu_loc.txt (numeric image ids)")
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlays")
-    p.add_argument("--overlay-format", choices=("png", "jpg"), default="png",
-                   help="overlay files: 'png' (lossless, default) or 'jpg' (JPEG quality 92: 5-10x faster to "
-                        "write and ~6x smaller; for big folders and videos)")
+    p.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg",
+                   help="overlay files: 'jpg' (JPEG quality 92, default) or 'png' (lossless; 5-10x slower to "
+                        "write and ~6x bigger)")
     p.add_argument("--points", choices=("auto", "peaks", "none"), default="auto",
                    help="points: 'auto' (localization minima), 'peaks' (also density peaks for regression), 'none'")
     p.add_argument("--resume", action="store_true",
