@@ -284,6 +284,50 @@ def test_count_people_outside_equals_the_full_recount(seed):
             np.testing.assert_array_equal(got[1], want[1])  # bit for bit
 
 
+def test_count_people_outside_on_bigger_maps(monkeypatch):
+    """The same equality on maps larger than the first window (40-159 px, boxes up to a third of
+    a side), where plateaus reaching out of the window make it grow (over the extents of the
+    original components at the plateau's edge pixels): some counts need more than one window."""
+    import autoscale.postprocess as pp
+
+    windows: list[int] = []
+    real = pp._regional_minima
+
+    def counted(m, *a, **kw):
+        windows.append(1)
+        return real(m, *a, **kw)
+
+    rng = np.random.default_rng(11)
+    grew = 0
+    for it in range(240):
+        H, W = (int(v) for v in rng.integers(40, 160, 2))
+        if it % 3 == 0:
+            m = rng.integers(0, rng.integers(1, 12), (H, W))
+        elif it % 3 == 1:
+            f = ndimage.gaussian_filter(rng.standard_normal((H, W)), rng.uniform(0.5, 8))
+            m = np.clip(((f - f.min()) / (np.ptp(f) + 1e-9) * 11).astype(int), 0, 10)
+        else:
+            m = np.full((H, W), 10)
+            m[rng.integers(0, H, 30), rng.integers(0, W, 30)] = rng.integers(0, 10, 30)
+            m = ndimage.grey_erosion(m, size=3) if it % 2 else m
+        m = m.astype(np.uint8)
+        boxes = []
+        for _ in range(int(rng.integers(1, 3))):
+            w, h = int(rng.integers(1, W // 3)), int(rng.integers(1, H // 3))
+            boxes.append((int(rng.integers(0, W - w)), int(rng.integers(0, H - h)), w, h))
+        kw = [{}, {"exclude_background": False}, {"max_class": int(rng.integers(0, 11))}][it % 3]
+        first = find_minima(m, **kw)
+        want = _masked_reference(m, boxes, **kw)
+        monkeypatch.setattr(pp, "_regional_minima", counted)
+        windows.clear()
+        got = count_people_outside(m, boxes, first=first, **kw)
+        monkeypatch.setattr(pp, "_regional_minima", real)
+        grew += len(windows) > 1
+        assert got[0] == want[0]
+        np.testing.assert_array_equal(got[1], want[1])
+    assert grew >= 5, grew
+
+
 def test_count_people_outside_follows_a_plateau_beyond_the_window():
     """A minimum plateau next to the box that runs the map's whole width (far past the first
     16 px window), a minimum that masking the box creates, and one that it removes."""
