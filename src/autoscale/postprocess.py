@@ -165,7 +165,7 @@ def find_minima(
     exclude_background: bool = True,
     max_class: int | None = None,
 ) -> Minima:
-    """:func:`count_people`'s minima with their plateau pixels, for :func:`count_people_outside`."""
+    """:func:`count_people`'s minima with their component labels, for :func:`count_people_outside`."""
     m = as_map(class_map, "class_map")
     cents, labels, row, extent = _regional_minima(
         m, _exclusion(m, background, num_classes, exclude_background, max_class), with_labels=True)
@@ -235,10 +235,11 @@ def count_people_outside(
     With ``first`` (:func:`find_minima` of the same map and options) the whole map is not counted
     again. A plateau none of whose pixels lies in the boxes grown by one pixel has the same
     values and neighbours in both maps, so it is a minimum of one exactly when it is of the other:
-    those minima come from ``first``. The others are found in a window around the boxes, grown by
-    16 px and doubled until none of the minima near the boxes touches a window edge inside the
-    map (a plateau that does may continue outside); a window component that does not is its
-    whole plateau with all of its neighbours, so its status is exact. Same points as the full
+    those minima come from ``first``. The others are found in a window around the boxes (grown by
+    16 px), grown further until none of the minima near the boxes touches a window edge inside the
+    map (a plateau that does may continue outside: the window then takes in the extents of the
+    first map's components at that plateau's edge pixels); a window component that does not is
+    its whole plateau with all of its neighbours, so its status is exact. Same points as the full
     recount (tested against it on random maps).
     """
     m = as_map(class_map, "class_map")
