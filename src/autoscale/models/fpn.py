@@ -286,7 +286,7 @@ def _pool_up(p: torch.Tensor, stride: int, rows: tuple[int, int, int], cols: tup
     upsampled to the ``H x W`` input (:meth:`_FPNBase._feature`), in float32, as
     ``Mh @ p[window] @ Mw^T``: bilinear upsampling, cropping and adaptive average pooling are all
     separable and linear, so the region is never upsampled (equal up to float rounding; the
-    152-channel 768x1024 L2S feature of a dense region: 15 -> 1 ms here for Lite0, 300 -> 2 ms
+    152-channel 768x1024 L2S feature of a dense region: 15 -> 1 ms here for Lite0, 314 -> 5 ms
     for VGG16, whose full map was upsampled before)."""
     (y, h, H), (x, w, W) = rows, cols
     mh, a, b = _pool_matrix(y, h, stride, p.shape[-2], size, mode=mode, full=H)
