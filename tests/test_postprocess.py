@@ -245,6 +245,22 @@ def test_count_people_equals_plateau_labelling(seed):
                 assert np.array_equal(regional_minima(m), _count_people_plateau_reference(m, exclude_background=False))
 
 
+def _random_class_map(rng, H, W, kind, *, smooth=4.0, heads=5, erode=False):
+    """A random uint8 class map of one of three kinds: 0 noise, 1 a smooth field (Gaussian sigma
+    drawn in [0.5, smooth]) cut into 11 classes, 2 ``heads`` random values on background 10
+    (grown into 3x3 plateaus with ``erode``)."""
+    if kind == 0:
+        m = rng.integers(0, rng.integers(1, 12), (H, W))
+    elif kind == 1:
+        f = ndimage.gaussian_filter(rng.standard_normal((H, W)), rng.uniform(0.5, smooth))
+        m = np.clip(((f - f.min()) / (np.ptp(f) + 1e-9) * 11).astype(int), 0, 10)
+    else:
+        m = np.full((H, W), 10)
+        m[rng.integers(0, H, heads), rng.integers(0, W, heads)] = rng.integers(0, 10, heads)
+        m = ndimage.grey_erosion(m, size=3) if erode else m
+    return m.astype(np.uint8)
+
+
 def _masked_reference(m, boxes, **kw):
     masked = m.copy()
     for x, y, w, h in boxes:
@@ -260,16 +276,7 @@ def test_count_people_outside_equals_the_full_recount(seed):
     rng = np.random.default_rng(seed)
     for it in range(150):
         H, W = (int(v) for v in rng.integers(1, 50, 2))
-        kind = it % 3
-        if kind == 0:
-            m = rng.integers(0, rng.integers(1, 12), (H, W))
-        elif kind == 1:
-            f = ndimage.gaussian_filter(rng.standard_normal((H, W)), rng.uniform(0.5, 4))
-            m = np.clip(((f - f.min()) / (np.ptp(f) + 1e-9) * 11).astype(int), 0, 10)
-        else:
-            m = np.full((H, W), 10)
-            m[rng.integers(0, H, 5), rng.integers(0, W, 5)] = rng.integers(0, 10, 5)
-        m = m.astype(np.uint8)
+        m = _random_class_map(rng, H, W, it % 3)
         boxes = []
         for _ in range(int(rng.integers(1, 3))):
             x, y = int(rng.integers(0, W)), int(rng.integers(0, H))
@@ -301,16 +308,7 @@ def test_count_people_outside_on_bigger_maps(monkeypatch):
     grew = 0
     for it in range(240):
         H, W = (int(v) for v in rng.integers(40, 160, 2))
-        if it % 3 == 0:
-            m = rng.integers(0, rng.integers(1, 12), (H, W))
-        elif it % 3 == 1:
-            f = ndimage.gaussian_filter(rng.standard_normal((H, W)), rng.uniform(0.5, 8))
-            m = np.clip(((f - f.min()) / (np.ptp(f) + 1e-9) * 11).astype(int), 0, 10)
-        else:
-            m = np.full((H, W), 10)
-            m[rng.integers(0, H, 30), rng.integers(0, W, 30)] = rng.integers(0, 10, 30)
-            m = ndimage.grey_erosion(m, size=3) if it % 2 else m
-        m = m.astype(np.uint8)
+        m = _random_class_map(rng, H, W, it % 3, smooth=8, heads=30, erode=it % 2 == 1)
         boxes = []
         for _ in range(int(rng.integers(1, 3))):
             w, h = int(rng.integers(1, W // 3)), int(rng.integers(1, H // 3))
