@@ -60,8 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autoscale.data.formats import get_format, read_dataset, skipped_notice
+    from autoscale.device import bounded_heap
     from autoscale.engine.evaluate import evaluate
     from autoscale.errors import ConfigError, DataError
+
+    bounded_heap()  # the network's activations reused from the heap image after image
 
     pipeline = None
     outside = "drop"

@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
     from autoscale.errors import DataError
     from autoscale.predict import Predictor
-    from autoscale.runner import bounded_heap, predict_paths
+    from autoscale.device import bounded_heap
+    from autoscale.runner import predict_paths
 
     if not Path(args.input).exists():
         raise DataError(args.input, "input not found")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bf16 and args.precision not in (None, "bf16"):
         raise ConfigError(f"--bf16 contradicts --precision {args.precision}")
     precision = "bf16" if args.bf16 else (args.precision or "auto")
-    bounded_heap()  # a long video's peak memory does not grow with its length
+    bounded_heap()  # activations reused from the heap; a long video's peak memory does not creep
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     predictor = Predictor.from_checkpoint(args.checkpoint, variant=args.variant, device=args.device,
                                           single_pass=args.single_pass, precision=precision, max_side=args.max_side,

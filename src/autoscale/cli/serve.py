@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from autoscale.device import bounded_heap
+
+    bounded_heap()  # the network's activations reused from the heap request after request
     limit = None if args.max_pixels == "none" else int(args.max_pixels)
     app = app_from_checkpoint(args.checkpoint, device=args.device, max_side=args.max_side,
                               single_pass=args.single_pass, points=args.points, token=token,
