@@ -77,8 +77,6 @@ JOURNAL = "progress.jsonl"
 _JOURNAL_FORMAT = "autoscale-predict-progress"
 _JOURNAL_VERSION = 1
 _RECORD_KEYS = ("image", "source", "count", "first_count", "num_points", "height", "width", "regions")
-#: overlay file type -> cv2.imencode parameters
-_OVERLAY_ENCODINGS: dict[str, list[int]] = {"png": [], "jpg": [cv2.IMWRITE_JPEG_QUALITY, 92]}
 _TMP_NAME = re.compile(r"^\..+\.tmp$")  # what autoscale.io's atomic writes leave behind when killed
 
 
@@ -88,23 +86,6 @@ def _write_npy(path: Path, arr: np.ndarray, what: str) -> None:
     a 96 MP photo is 384 MB)."""
     with atomic_path(path, what) as tmp, open(tmp, "wb") as f:
         np.save(f, arr)
-
-
-def bounded_heap() -> bool:
-    """Make glibc return freed large blocks to the system (``mallopt(M_MMAP_THRESHOLD, 128 KiB)``):
-    by default the threshold rises after the first large free and blocks below it stay in the
-    heap, so a long video's peak memory crept up with its length (benchmarks/results/memory.md).
-    A process-wide setting for the ``autoscale predict`` command; an explicit
-    ``MALLOC_MMAP_THRESHOLD_`` in the environment wins. Returns whether it was applied."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD = -3 (glibc malloc.h)
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
 
 
 class _Progress:
@@ -449,8 +430,10 @@ def predict_paths(
         raise ConfigError(f"every_n_frames must be >= 1, got {every_n_frames}")
     if fps is not None and not fps > 0:
         raise ConfigError(f"fps must be > 0, got {fps}")
-    if overlay_format not in _OVERLAY_ENCODINGS:
-        raise ConfigError(f"overlay_format must be one of {sorted(_OVERLAY_ENCODINGS)}, got {overlay_format!r}")
+    from autoscale.viz import OVERLAY_ENCODINGS
+
+    if overlay_format not in OVERLAY_ENCODINGS:
+        raise ConfigError(f"overlay_format must be one of {sorted(OVERLAY_ENCODINGS)}, got {overlay_format!r}")
     items = _expand_inputs(inputs)
     out_path = Path(out_dir)
     _check_out(out_path)
@@ -595,7 +578,7 @@ def predict_paths(
             _write_npy(out / "maps" / f"{name}.npy", pred.map, "map")
         atomic_write_bytes(out / "points" / f"{name}.csv", _points_csv(pred.points), "points file")
         if overlays:
-            from autoscale.viz import draw_overlay
+            from autoscale.viz import draw_overlay, encode_picture
 
             (H, W), (h, w) = pred.input_size, rgb.shape[:2]
             points, regions = pred.points, pred.regions
@@ -605,11 +588,11 @@ def predict_paths(
                 regions = [dict(r, x=r["x"] * f[0], y=r["y"] * f[1], w=r["w"] * f[0], h=r["h"] * f[1]) for r in regions]
             ov = draw_overlay(rgb, pred.map, variant=predictor.variant, regions=regions, points=points)
             ov_path = out / "overlays" / f"{name}.{overlay_format}"
-            ok, buf = cv2.imencode(f".{overlay_format}", cv2.cvtColor(ov, cv2.COLOR_RGB2BGR),
-                                   _OVERLAY_ENCODINGS[overlay_format])
-            if not ok:  # pragma: no cover
-                raise DataError(ov_path, f"{overlay_format.upper()} encoding failed")
-            atomic_write_bytes(ov_path, buf.tobytes(), "overlay")
+            try:
+                data = encode_picture(ov, overlay_format)
+            except ValueError as exc:  # pragma: no cover - OpenCV fails only on absurd inputs
+                raise DataError(ov_path, str(exc)) from None
+            atomic_write_bytes(ov_path, data, "overlay")
         rec = _record(pred, name, source)
         line = dict(rec, points=pred.points.tolist()) if nwpu else rec
         journal.append(line)  # after the image's files: a journaled image is complete

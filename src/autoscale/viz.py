@@ -24,8 +24,10 @@ import numpy as np
 from autoscale.postprocess import knn_boxes
 
 __all__ = [
+    "OVERLAY_ENCODINGS",
     "colorize_map",
     "draw_overlay",
+    "encode_picture",
     "have_matplotlib",
     "region_densities",
     "region_density_figure",
@@ -35,6 +37,21 @@ __all__ = [
 REGION_COLOR = (255, 40, 40)  # RGB
 POINT_COLOR = (40, 255, 40)
 BOX_COLOR = (40, 200, 40)
+
+
+#: picture file type -> ``cv2.imencode`` parameters: JPEG quality 92, PNG at OpenCV's default
+#: (fast) compression. The one table for ``autoscale predict``'s overlay files and the server's
+#: overlay answers.
+OVERLAY_ENCODINGS: dict[str, list[int]] = {"png": [], "jpg": [cv2.IMWRITE_JPEG_QUALITY, 92]}
+
+
+def encode_picture(rgb: np.ndarray, fmt: str) -> bytes:
+    """``uint8 (H, W, 3)`` RGB encoded as ``fmt`` (a key of :data:`OVERLAY_ENCODINGS`); raises
+    ValueError when OpenCV cannot encode it."""
+    ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), OVERLAY_ENCODINGS[fmt])
+    if not ok:  # pragma: no cover - OpenCV fails only on absurd inputs
+        raise ValueError(f"{fmt.upper()} encoding failed")
+    return buf.tobytes()
 
 
 def colorize_map(m: np.ndarray, *, variant: str, num_classes: int = 11) -> np.ndarray:

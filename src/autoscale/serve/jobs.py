@@ -31,7 +31,7 @@ import numpy as np
 from autoscale.data.image_io import image_size, read_image
 from autoscale.errors import DataError
 
-__all__ = ["ApiError", "CountResult", "InferenceQueue", "count_upload", "encode_image", "probe_upload", "render_overlay"]
+__all__ = ["ApiError", "CountResult", "InferenceQueue", "count_upload", "probe_upload", "render_overlay"]
 
 T = TypeVar("T")
 
@@ -154,12 +154,16 @@ def count_upload(predictor: Any, path: Path, overlay: str | None) -> CountResult
             raise ApiError(400, "too_many_pixels", problem.split(" (possible")[0]) from None
         raise ApiError(400, "invalid_image", problem) from None
     pred = predictor.predict_array(rgb, name="upload")
-    data = None
-    if overlay == "png":
-        data = encode_image(render_overlay(rgb, pred, predictor.variant), ".png")
-    elif overlay == "inline":
-        data = encode_image(render_overlay(rgb, pred, predictor.variant, max_side=INLINE_OVERLAY_SIDE), ".jpg")
-    return CountResult(pred, data)
+    if overlay is None:
+        return CountResult(pred)
+    from autoscale.viz import encode_picture
+
+    side = INLINE_OVERLAY_SIDE if overlay == "inline" else None
+    try:
+        return CountResult(pred, encode_picture(render_overlay(rgb, pred, predictor.variant, max_side=side),
+                                                "jpg" if overlay == "inline" else "png"))
+    except ValueError as exc:  # pragma: no cover - OpenCV fails only on absurd inputs
+        raise ApiError(500, "internal_error", str(exc)) from None
 
 
 def render_overlay(rgb: np.ndarray, pred: Any, variant: str, *, max_side: int | None = None) -> np.ndarray:
@@ -195,12 +199,3 @@ def render_overlay(rgb: np.ndarray, pred: Any, variant: str, *, max_side: int | 
         cv2.rectangle(out, (x, y - th - base), (x + tw + 4, y + base), REGION_COLOR, -1)
         cv2.putText(out, label, (x + 2, y), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thick, cv2.LINE_AA)
     return out
-
-
-def encode_image(rgb: np.ndarray, ext: str) -> bytes:
-    """``rgb`` encoded as PNG (``ext=".png"``) or JPEG quality 90 (``".jpg"``)."""
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 3] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, 90]
-    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-    if not ok:  # pragma: no cover - OpenCV fails only on absurd inputs
-        raise ApiError(500, "internal_error", f"{ext[1:].upper()} encoding failed")
-    return buf.tobytes()
