@@ -1,7 +1,9 @@
 """Benchmark: inference speed of the two-pass AutoScale pipeline where users wait (CPU, batch 1).
 
 Everything goes through the user's API, :class:`autoscale.predict.Predictor` (``run_network_frame``
-for the network, :func:`autoscale.runner.predict_paths` for folders). Per method
+for the network, :func:`autoscale.runner.predict_paths` for folders), in a process with the
+``autoscale predict`` command's malloc settings (:func:`autoscale.device.bounded_heap`;
+``--default-heap``: glibc's defaults). Per method
 (backbone x variant x precision x engine x size; seconds, medians of ``--repeats`` rounds after
 ``--warmup``):
 
@@ -22,8 +24,9 @@ for the network, :func:`autoscale.runner.predict_paths` for folders). Per method
 
 Also: the CSRNet peer (``csrnet_regression``, fp32, single pass); folder throughput
 (``predict_paths`` on ``--folder-images`` real photos with maps, points and overlays, streamed and
-sequential with the default JPEG overlays, streamed with PNG overlays; medians of 3 interleaved rounds) over
-network-only throughput (``predict_array`` on the same decoded images); bf16 vs
+sequential with the default JPEG overlays, streamed with PNG overlays) over network-only
+throughput (``predict_array`` on the same decoded images, measured before and after each folder
+run; ratios are medians of 3 rounds); bf16 vs
 fp32 first-pass counts on ``--check-images`` real photos (lite0 with an ImageNet backbone and
 untrained head, and ``--trained`` checkpoints when given).
 
@@ -58,7 +61,7 @@ import autoscale.pipeline as P
 from autoscale.data.formats import read_dataset
 from autoscale.data.image_io import read_image
 from autoscale.dense_region import Region, find_dense_regions
-from autoscale.device import cpu_has_native_bf16
+from autoscale.device import HEAP_MMAP_THRESHOLD, HEAP_TRIM_THRESHOLD, bounded_heap, cpu_has_native_bf16
 from autoscale.models.registry import get_model
 from autoscale.postprocess import count_people
 from autoscale.predict import Predictor
@@ -238,8 +241,9 @@ def measure_csrnet(img: np.ndarray, peaks: dict[str, float], repeats: int, warmu
 def measure_folder(ckpt: dict[str, Any], n: int, size: tuple[int, int] | None, work: Path,
                    rounds: int = 3) -> dict[str, Any]:
     """Folder images/s (streamed with JPEG overlays, the default; sequential; streamed with PNG
-    overlays) over network-only images/s, same images: medians of ``rounds`` interleaved rounds
-    (one round of 8 photos lasts ~2 s, too short to time alone on a shared machine)."""
+    overlays) over network-only images/s, same images. Each folder run is bracketed by
+    network-only runs and its ratio taken to their mean, so a drift of the shared machine's speed
+    between the runs does not enter the ratio; ratios are medians over ``rounds`` rounds."""
     src = SHB / "test_data" / "images"
     folder = work / "photos"
     folder.mkdir(parents=True, exist_ok=True)
@@ -253,27 +257,34 @@ def measure_folder(ckpt: dict[str, Any], n: int, size: tuple[int, int] | None, w
     p = Predictor.from_checkpoint(ckpt, max_side=None)
     imgs = [read_image(folder / name, exif=True) for name in names]
     p.predict_array(imgs[0])  # warm-up
-    modes = (("streamed", 3, "jpg"), ("sequential", 0, "jpg"), ("streamed_png", 3, "png"))
-    rates: dict[str, list[float]] = {k: [] for k in ("network_only", *(m[0] for m in modes))}
-    for r in range(rounds):
+
+    def network_only() -> float:
         t = time.perf_counter()
         for img in imgs:
             p.predict_array(img)
-        rates["network_only"].append(n / (time.perf_counter() - t))
+        return n / (time.perf_counter() - t)
+
+    modes = (("streamed", 3, "jpg"), ("sequential", 0, "jpg"), ("streamed_png", 3, "png"))
+    rates: dict[str, list[float]] = {k: [] for k in ("network_only", *(m[0] for m in modes))}
+    ratios: dict[str, list[float]] = {m[0]: [] for m in modes}
+    rates["network_only"].append(network_only())
+    for r in range(rounds):
         for mode, prefetch, fmt in modes:
             t = time.perf_counter()
             predict_paths(p, folder, work / f"out_{mode}_{r}", prefetch=prefetch, overlay_format=fmt,
                           log=lambda m: None)
             rates[mode].append(n / (time.perf_counter() - t))
+            rates["network_only"].append(network_only())
+            ratios[mode].append(rates[mode][-1] / statistics.fmean(rates["network_only"][-2:]))
     out: dict[str, Any] = {"images": n, "size": list(imgs[0].shape[:2]), "precision": p.precision,
                            "backbone": ckpt["model"]["kwargs"].get("backbone", "vgg16"), "rounds": rounds}
     for k, v in rates.items():
         out[f"{k}_images_per_s"] = statistics.median(v)
         out[f"{k}_images_per_s_rounds"] = v
-    net = out["network_only_images_per_s"]
-    out["throughput_ratio"] = out["streamed_images_per_s"] / net
-    out["throughput_ratio_sequential"] = out["sequential_images_per_s"] / net
-    out["throughput_ratio_png_overlays"] = out["streamed_png_images_per_s"] / net
+    for key, mode in (("throughput_ratio", "streamed"), ("throughput_ratio_sequential", "sequential"),
+                      ("throughput_ratio_png_overlays", "streamed_png")):
+        out[key] = statistics.median(ratios[mode])
+        out[f"{key}_rounds"] = ratios[mode]
     return out
 
 
@@ -367,8 +378,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--all", action="store_true", help="also VGG16 localization, VGG16 onnxruntime, lite0 "
                                                          "localization fp32 (much longer)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--default-heap", action="store_true",
+                    help="keep glibc's malloc defaults instead of the predict command's bounded_heap()")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    heap = {"bounded_heap": False if a.default_heap else bounded_heap(),
+            "mmap_threshold": HEAP_MMAP_THRESHOLD, "trim_threshold": HEAP_TRIM_THRESHOLD}
     t0 = time.perf_counter()
     cmd = "python benchmarks/bench_inference.py" + (" " + " ".join(argv) if argv else "")
     size = (96, 128) if a.tiny else (768, 1024)
@@ -438,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "met": folder["throughput_ratio"] >= t["folder_throughput_ratio"]},
         }
     res = {"command": cmd, "seconds": time.perf_counter() - t0, "threads": a.threads, "seed": 0,
-           "machine": machine_info(a.threads), "peaks": peaks,
+           "machine": machine_info(a.threads), "heap": heap, "peaks": peaks,
            "input": {k: photo[k] for k in ("source", "gt_count")} | {"size": list(size),
                                                                       "region": list(photo["region"].box)},
            "methods": methods, "folder": folder, "bf16_count_check": bf16_check, "targets": targets}
