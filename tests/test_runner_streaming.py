@@ -2,7 +2,10 @@
 and counts are byte-identical to the sequential run, on real ShanghaiTech B photos."""
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,36 @@ def test_failed_write_in_the_writer_thread_is_one_error(tmp_path, photos, one_th
     lines = (out / JOURNAL).read_text().splitlines()
     assert len(lines) == 2 and '"IMG_1"' in lines[1]  # the first image is complete, nothing after it
     assert not (out / "counts.csv").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_reader_and_writer_threads_run_at_the_lowest_priority(tmp_path, photos, one_thread):
+    """The streaming threads decode and write at nice 19 (they must not take a core from the
+    network's parallel regions); the caller's thread keeps its priority."""
+    ck = make_checkpoint(tmp_path / "m.pt", "regression")
+    seen: dict[str, set[int]] = {"read": set(), "write": set()}
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    class Recording(Predictor):
+        def read(self, path, *a, **kw):
+            seen["read"].add(nice())
+            return super().read(path, *a, **kw)
+
+    import autoscale.runner as runner
+
+    real = runner.atomic_write_bytes
+
+    def recording_write(path, *a, **kw):
+        if threading.current_thread() is not threading.main_thread():
+            seen["write"].add(nice())
+        return real(path, *a, **kw)
+
+    before = nice()
+    p = Recording.from_checkpoint(ck, max_side=192)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "atomic_write_bytes", recording_write)
+        predict_paths(p, photos, tmp_path / "out", prefetch=3, log=lambda m: None)
+    assert seen == {"read": {19}, "write": {19}}
+    assert nice() == before
