@@ -1,4 +1,4 @@
-"""The one device resolver (training and prediction) and the CPU bfloat16 check.
+"""The one device resolver (training and prediction), the CPU bfloat16 check and the heap settings.
 
 :func:`resolve_device` turns ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or a
 :class:`torch.device` into a device, or raises one :class:`~autoscale.errors.ConfigError` line
@@ -8,11 +8,11 @@
 available and the CPU has AVX512-BF16 or AMX-BF16 (torch's cpuinfo query
 ``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``; on torch builds without
 these, the ``avx512_bf16`` / ``amx_bf16`` flags of ``/proc/cpuinfo``).
+``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is not used: it is also true on plain AVX512
+CPUs, where oneDNN emulates bf16 and is slower than fp32.
 
 :func:`bounded_heap`: the malloc settings of the commands that count many images
 (``autoscale predict``, ``evaluate``, ``serve``).
-``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is not used: it is also true on plain AVX512
-CPUs, where oneDNN emulates bf16 and is slower than fp32.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def bounded_heap() -> bool:
     function until 2026-12-03) bounded it but mapped and page-faulted every activation afresh,
     image after image. Measured (Lite0, 768x1024 photos, 2 threads; a 5-minute 1080p video's
     peak, benchmarks/results/memory.md): 128 KiB 360 ms per photo, 1.03 GiB; glibc's defaults
-    210 ms, 1.52 GiB; these thresholds 185 ms, 1.31 GiB (128 / 512 MiB: 166 ms, 1.92 GiB). A
+    210 ms, 1.52 GiB; these thresholds 185 ms, 1.31-1.61 GiB (128 / 512 MiB: 166 ms, 1.92 GiB). A
     process-wide setting, so the library itself never calls it; an explicit
     ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment wins. Returns
     whether it was applied."""
