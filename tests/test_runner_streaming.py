@@ -94,7 +94,7 @@ def test_failed_write_in_the_writer_thread_is_one_error(tmp_path, photos, one_th
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
-def test_reader_and_writer_threads_run_at_the_lowest_priority(tmp_path, photos, one_thread):
+def test_reader_and_writer_threads_run_at_the_lowest_priority(tmp_path, photos, one_thread, monkeypatch):
     """The streaming threads decode and write at nice 19 (they must not take a core from the
     network's parallel regions); the caller's thread keeps its priority."""
     ck = make_checkpoint(tmp_path / "m.pt", "regression")
@@ -118,9 +118,8 @@ def test_reader_and_writer_threads_run_at_the_lowest_priority(tmp_path, photos, 
         return real(path, *a, **kw)
 
     before = nice()
-    p = Recording.from_checkpoint(ck, max_side=192)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner, "atomic_write_bytes", recording_write)
-        predict_paths(p, photos, tmp_path / "out", prefetch=3, log=lambda m: None)
+    monkeypatch.setattr(runner, "atomic_write_bytes", recording_write)
+    predict_paths(Recording.from_checkpoint(ck, max_side=192), photos, tmp_path / "out", prefetch=3,
+                  log=lambda m: None)
     assert seen == {"read": {19}, "write": {19}}
     assert nice() == before
