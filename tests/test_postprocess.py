@@ -85,6 +85,23 @@ def test_regional_minima_matches_bfs(seed):
     assert n == len(ref) and np.allclose(pts, ref)
 
 
+@pytest.mark.parametrize("case", ["uint8_top", "int64", "negative", "int16", "uint16_top", "huge", "float", "bool"])
+def test_regional_minima_any_value_type(case):
+    """The erosion works on a copy of the map's type or on its ranks: same minima as the plain
+    reference for every integer type, values at the type's top, negatives and int64 values
+    that float64 cannot tell apart."""
+    rng = np.random.default_rng(hash(case) % 2**32)
+    for _ in range(25):
+        H, W = rng.integers(1, 14, size=2)
+        m = rng.integers(0, rng.integers(1, 5), size=(H, W))
+        m = {"uint8_top": lambda a: (a + 252).astype(np.uint8), "int64": lambda a: a * 1000,
+             "negative": lambda a: a - 2, "int16": lambda a: (a * 300 - 600).astype(np.int16),
+             "uint16_top": lambda a: (a + 65532).astype(np.uint16), "huge": lambda a: a + (2**62 - 3),
+             "float": lambda a: a * 0.25, "bool": lambda a: a % 2 == 1}[case](m)
+        ref, _ = ref_regional_minima(m)
+        np.testing.assert_allclose(regional_minima(m), ref)
+
+
 def test_regional_minima_hand_cases():
     assert regional_minima(np.full((4, 6), 10)).tolist() == [[3.0, 2.0]]  # one minimum, centre
     assert regional_minima(np.array([[7]])).tolist() == [[0.5, 0.5]]

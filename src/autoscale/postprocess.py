@@ -42,6 +42,21 @@ def _sorted_points(centroids: np.ndarray) -> np.ndarray:
     return pts[_yx_order(pts)]
 
 
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def _erodable(m: np.ndarray) -> np.ndarray:
+    """``m`` in a type OpenCV erodes, with the same order and ties and room for ``+ 1`` below the
+    type's maximum: uint8 maps (class maps) as they are, small non-negative integers as uint16,
+    anything else by its ranks among its distinct values."""
+    if m.dtype == np.uint8 and m.max() < 255:
+        return m
+    if m.dtype.kind in "biu" and m.min() >= 0 and m.max() < 65535:
+        return m.astype(np.uint16)
+    _, ranks = np.unique(m, return_inverse=True)
+    return ranks.reshape(m.shape).astype(np.float64)
+
+
 def _regional_minima(m: np.ndarray, exclude: np.ndarray | None = None, *, with_labels: bool = False,
                      offset: tuple[int, int] = (0, 0)) -> Any:
     """Pixel-index centroids ``(x, y)`` (float64) of the 4-connected regional minima (plateaus all
@@ -62,20 +77,16 @@ def _regional_minima(m: np.ndarray, exclude: np.ndarray | None = None, *, with_l
     ``with_labels``: return ``(centroids, labels, row, extent)``: the ``int32`` component label of
     every pixel (0: not a candidate), per label the row of ``centroids`` it is (-1: no minimum) and
     the component's bounding box ``(x0, y0, x1, y1)`` in ``m``'s pixels (exclusive ends)."""
-    lower = np.zeros(m.shape, dtype=bool)
-    lower[1:, :] |= m[:-1, :] < m[1:, :]
-    lower[:-1, :] |= m[1:, :] < m[:-1, :]
-    lower[:, 1:] |= m[:, :-1] < m[:, 1:]
-    lower[:, :-1] |= m[:, 1:] < m[:, :-1]
-    cand = ~lower
+    w = _erodable(m)
+    # erosion by the 4-neighbour cross (the border counts as +inf): the lowest of a pixel and its
+    # 4-neighbours; a candidate is a pixel that is its own lowest
+    cand = cv2.erode(w, _CROSS) == w
+    # A candidate's candidate neighbours are equal to it and its other neighbours are not lower,
+    # so raising the candidates by one leaves the lowest neighbour equal to it exactly when an
+    # equal-valued neighbour is no candidate: then its plateau is no minimum.
+    spoiled = cv2.erode(w + cand.view(np.uint8), _CROSS) == w
     if exclude is not None:
         cand &= ~exclude
-    # a candidate touching an equal-valued non-candidate belongs to a plateau that is no minimum
-    spoiled = np.zeros(m.shape, dtype=bool)
-    spoiled[1:, :] |= (m[:-1, :] == m[1:, :]) & lower[:-1, :]
-    spoiled[:-1, :] |= (m[1:, :] == m[:-1, :]) & lower[1:, :]
-    spoiled[:, 1:] |= (m[:, :-1] == m[:, 1:]) & lower[:, :-1]
-    spoiled[:, :-1] |= (m[:, 1:] == m[:, :-1]) & lower[:, 1:]
     spoiled &= cand
     n, labels, stats, cents = cv2.connectedComponentsWithStats(cand.view(np.uint8), connectivity=4,
                                                                ltype=cv2.CV_32S)
