@@ -26,7 +26,7 @@ Also: the CSRNet peer (``csrnet_regression``, fp32, single pass); folder through
 (``predict_paths`` on ``--folder-images`` real photos with maps, points and overlays, streamed and
 sequential with the default JPEG overlays, streamed with PNG overlays) over network-only
 throughput (``predict_array`` on the same decoded images, measured before and after each folder
-run; ratios are medians of 3 rounds); bf16 vs
+run; ratios are medians of ``--folder-rounds`` rounds); bf16 vs
 fp32 first-pass counts on ``--check-images`` real photos (lite0 with an ImageNet backbone and
 untrained head, and ``--trained`` checkpoints when given).
 
@@ -372,7 +372,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--folder-images", type=int, default=8)
+    ap.add_argument("--folder-images", type=int, default=16)
+    ap.add_argument("--folder-rounds", type=int, default=5,
+                    help="folder runs per mode (ratio: the median; the shared host's speed swings between runs)")
     ap.add_argument("--trained", action="append", default=[], help="trained checkpoint(s) for the bf16 count check")
     ap.add_argument("--check-images", type=int, default=20, help="ShanghaiTech B test photos in the bf16 count check")
     ap.add_argument("--all", action="store_true", help="also VGG16 localization, VGG16 onnxruntime, lite0 "
@@ -425,7 +427,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     methods[f"csrnet_fp32_{size[0]}x{size[1]}"] = measure_csrnet(photo["image"], peaks, a.repeats, a.warmup)
     with tempfile.TemporaryDirectory() as tmp:
         folder_ck = ckpts[("vgg16", "regression")] if a.tiny else make_checkpoint("efficientnet_lite0", "regression", 1.0)
-        folder = measure_folder(folder_ck, 3 if a.tiny else a.folder_images, size if a.tiny else None, Path(tmp))
+        folder = measure_folder(folder_ck, 3 if a.tiny else a.folder_images, size if a.tiny else None, Path(tmp),
+                               rounds=3 if a.tiny else a.folder_rounds)
     check_cks: dict[str, Any] = {"vgg16_tiny_untrained" if a.tiny else "lite0_imagenet_backbone_untrained_head":
                                  ckpts[("vgg16", "regression")] if a.tiny
                                  else make_checkpoint("efficientnet_lite0", "regression", 1.0)}
