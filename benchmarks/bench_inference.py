@@ -15,8 +15,9 @@ for the network, :func:`autoscale.runner.predict_paths` for folders), in a proce
   ``dense_regions`` that still computes the real mask: untrained weights rarely yield one;
 * FLOPs of the fp32 torch pipeline (``torch.utils.flop_counter.FlopCounterMode``; convolutions
   and matmuls), ``gflops_per_s = flops / total_s``; ``floor_s = flops / peak``, with the peak
-  measured in the same run by a large ``torch.matmul`` in the method's precision (bf16 for bf16,
-  fp32 for fp32 and onnxruntime); ``ratio_to_floor = total_s / floor_s``;
+  measured just before the method by a large ``torch.matmul`` in its precision (bf16 for bf16,
+  fp32 for fp32 and onnxruntime; best of 10 / 5) and saved as its ``peak_gflops_per_s``;
+  ``ratio_to_floor = total_s / floor_s``;
 * localization: ``count_s``, the time of the regional-minima counting (``find_minima``,
   ``count_people_outside``) inside ``total_s``, and ``count_share = count_s / (total_s - count_s)``;
   the same counting on the ground-truth class map (what a well-trained network outputs) is
@@ -125,6 +126,13 @@ def matmul_peak(dtype: torch.dtype, n: int, repeats: int = 3) -> float:
     torch.matmul(a, b)
     best = min(_median_time(lambda: torch.matmul(a, b), 1, 0)[0] for _ in range(repeats))
     return 2.0 * n ** 3 / best / 1e9
+
+
+def peaks_now(n: int) -> dict[str, float]:
+    """Both matmul peaks, measured now: each method's floor uses the peaks measured just before
+    it, since the shared host's speed drifts within a run (a run's start measured the bf16 peak at
+    1,987 GFLOP/s in one run and 2,560 in the next, fp32 at 333 and 227)."""
+    return {"fp32": matmul_peak(torch.float32, n, repeats=5), "bf16": matmul_peak(torch.bfloat16, n, repeats=10)}
 
 
 def force_region(predictor: Predictor, region: Region) -> None:
@@ -337,8 +345,9 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
     lines = [f"# Inference speed (CPU, batch 1): `{res['command']}`", "",
              f"{m['cpu_count']} CPUs shared with other jobs (load average at start {m['load_average_start'][0]:.1f}), "
              f"{m['threads']} threads, torch {m['torch']}, native bf16: {m['native_bf16']}; {res['seconds']:.0f} s. "
-             f"Matmul peak: fp32 {res['peaks']['fp32']:.0f} GFLOP/s, bf16 {res['peaks']['bf16']:.0f} GFLOP/s "
-             f"(n = {res['peaks']['n']}). Photo: {res['input']['source']}.", "",
+             f"Matmul peak at the start: fp32 {res['peaks']['fp32']:.0f} GFLOP/s, bf16 {res['peaks']['bf16']:.0f} "
+             f"GFLOP/s (n = {res['peaks']['n']}); each method's floor uses the peak measured just before it. "
+             f"Photo: {res['input']['source']}.", "",
              "| method | total s | first pass s | second pass s | GFLOP | GFLOP/s | floor s | ratio to floor | images/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["methods"].items():
@@ -391,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = (96, 128) if a.tiny else (768, 1024)
     photo = load_photo(size)
     n = 256 if a.tiny else 2048
-    peaks = {"fp32": matmul_peak(torch.float32, n), "bf16": matmul_peak(torch.bfloat16, n), "n": n}
+    peaks = {**peaks_now(n), "n": n}
     plan: list[tuple[str, str, float, str, str, tuple[int, int]]] = []  # backbone, variant, width, precision, engine, size
     if a.tiny:
         plan = [("vgg16", v, 0.0625, prec, "torch", size) for v in ("regression", "localization") for prec in ("fp32", "bf16")]
@@ -422,9 +431,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         short = "lite0" if bb.startswith("efficientnet") else bb
         name = f"{short}_{v}_{'ort' if engine == 'onnxruntime' else prec}_{sz[0]}x{sz[1]}"
         print(f"[bench_inference] {name}", file=sys.stderr, flush=True)
-        methods[name] = measure_method(ck, ph, precision=prec, engine=engine, flops=flops[(bb, v, sz)], peaks=peaks,
-                                       repeats=a.repeats, warmup=a.warmup)
-    methods[f"csrnet_fp32_{size[0]}x{size[1]}"] = measure_csrnet(photo["image"], peaks, a.repeats, a.warmup)
+        methods[name] = measure_method(ck, ph, precision=prec, engine=engine, flops=flops[(bb, v, sz)],
+                                       peaks=peaks_now(n), repeats=a.repeats, warmup=a.warmup)
+    methods[f"csrnet_fp32_{size[0]}x{size[1]}"] = measure_csrnet(photo["image"], peaks_now(n), a.repeats, a.warmup)
     with tempfile.TemporaryDirectory() as tmp:
         folder_ck = ckpts[("vgg16", "regression")] if a.tiny else make_checkpoint("efficientnet_lite0", "regression", 1.0)
         folder = measure_folder(folder_ck, 3 if a.tiny else a.folder_images, size if a.tiny else None, Path(tmp),
