@@ -26,6 +26,7 @@ from autoscale.models import (
     normalize,
 )
 from autoscale.models import efficientnet_lite as lite_mod
+from autoscale.models import fused as fused_mod
 from autoscale.models.registry import CHECKPOINT_FORMAT
 
 LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -342,12 +343,12 @@ def test_folded_batchnorm_inference_equals_training_graph():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref16 = [t.detach().float() for t in bbc(x)]
         for fused in (True, False):
-            lite_mod._FUSED_CONV, saved = fused and lite_mod._FUSED_CONV, lite_mod._FUSED_CONV
+            fused_mod.AVAILABLE, saved = fused and fused_mod.AVAILABLE, fused_mod.AVAILABLE
             try:
                 with torch.inference_mode():
                     got16 = [t.float() for t in bbc(x)]
             finally:
-                lite_mod._FUSED_CONV = saved
+                fused_mod.AVAILABLE = saved
             for r, g in zip(ref16, got16):
                 torch.testing.assert_close(g, r, rtol=0.05, atol=0.03 * float(r.abs().max()))
     bb.train()

@@ -285,3 +285,90 @@ def test_registry_builders_and_weights(tmp_path, vgg16_file):
     reg = get_model("fpn_regression", imagenet=path)
     assert torch.equal(reg.backbone.features[28].weight, state["features.28.weight"])
     assert w.transforms is normalize
+
+
+@pytest.mark.skipif(not __import__("autoscale.models.fused", fromlist=["x"]).AVAILABLE,
+                    reason="oneDNN's fused bf16 convolution does not run on this CPU")
+def test_vgg_bf16_inference_fuses_conv_relu(monkeypatch):
+    """Under bf16 autocast without autograd every VGG conv + ReLU runs as one fused oneDNN
+    convolution; the stage outputs match the unfused bf16 graph to bf16 rounding (nonzero
+    biases: the fused bias is float32), the fp32 and training paths never fuse, and the kept
+    bf16 weight follows an in-place parameter change."""
+    from autoscale.models import fused
+    from autoscale.models.fpn import VGGBackbone
+
+    torch.manual_seed(0)
+    bb = VGGBackbone(width=0.125).eval().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for m in bb.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.bias.uniform_(-0.2, 0.2)
+    x = torch.rand(1, 3, 40, 56).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = fused.conv
+    monkeypatch.setattr(fused, "conv", lambda *a, **k: calls.append(a[-1] if len(a) > 7 else k) or real(*a, **k))
+
+    def run(on: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(fused, "AVAILABLE", on)
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+            return [t.float() for t in bb(x)]
+
+    ref, got = run(False), run(True)
+    n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in bb.features)
+    assert calls == ["relu"] * n_conv
+    for r, g in zip(ref, got):
+        assert g.shape == r.shape
+        torch.testing.assert_close(g, r, rtol=0.03, atol=0.02 * float(r.abs().max()))
+    calls.clear()
+    with torch.inference_mode():
+        fp32 = bb(x)  # no autocast: plain convolutions
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bb(x)  # autograd on: plain convolutions
+    assert calls == []
+    with torch.no_grad():
+        bb.features[0].weight.mul_(-1.0)
+    ref2, got2 = run(False), run(True)
+    torch.testing.assert_close(got2[0], ref2[0], rtol=0.03, atol=0.02 * float(ref2[0].abs().max()))
+    assert not torch.allclose(got2[0], got[0])
+    assert all(torch.isfinite(t).all() for t in fp32)
+
+
+@pytest.mark.parametrize("hw", [(8, 10), (9, 13), (1, 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_2x2_equals_max_pool2d(hw, channels_last):
+    """The inference pool is max_pool2d(2) exactly: floor mode on odd sides, NaN propagated,
+    bf16 and fp32, the memory format kept."""
+    from autoscale.models.fpn import _max_pool_2x2
+
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, *hw)
+    x[0, 1, 0, 0] = float("nan")
+    x[1, 2] = 0.5  # ties
+    for dt in (torch.float32, torch.bfloat16):
+        y = x.to(dt)
+        if channels_last:
+            y = y.contiguous(memory_format=torch.channels_last)
+        if min(hw) < 2:  # max_pool2d's error, not an empty map
+            with pytest.raises(RuntimeError, match="too small"):
+                _max_pool_2x2(y)
+            continue
+        got, ref = _max_pool_2x2(y), torch.nn.functional.max_pool2d(y, 2)
+        assert got.shape == ref.shape and got.dtype == dt
+        assert torch.equal(torch.nan_to_num(got, nan=7.0), torch.nan_to_num(ref, nan=7.0))
+        assert torch.isnan(got).sum() == torch.isnan(ref).sum()
+        if channels_last:
+            assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_vgg_backbone_inference_equals_autograd_path():
+    """Inference (pools by maximum) and the autograd path (nn.MaxPool2d) give the same stages."""
+    from autoscale.models.fpn import VGGBackbone
+
+    torch.manual_seed(2)
+    bb = VGGBackbone(width=0.125).eval()
+    x = torch.rand(1, 3, 37, 50)
+    ref = bb(x)
+    with torch.inference_mode():
+        got = bb(x)
+    for r, g in zip(ref, got):
+        assert torch.equal(g, r.detach())

@@ -67,13 +67,13 @@ def test_bf16_lite0_runs_on_any_cpu(lite0):
     (an AVX2-only EPYC did); the fold then takes the plain path and the count stays near fp32."""
     import warnings
 
-    from autoscale.models import efficientnet_lite as eff
+    from autoscale.models import fused
     img = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         bf16 = Predictor.from_checkpoint(lite0["regression"], precision="bf16", single_pass=True)
     fp32 = Predictor.from_checkpoint(lite0["regression"], precision="fp32", single_pass=True)
-    assert eff._FUSED_CONV == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert fused.AVAILABLE == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     a, b = bf16.predict_array(img).count, fp32.predict_array(img).count
     assert np.isfinite(a) and abs(a - b) <= 0.05 * abs(b) + 1e-3
 

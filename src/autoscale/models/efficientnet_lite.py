@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoscale.errors import CheckpointError
+from autoscale.models import fused
 from autoscale.models.vgg import load_imagenet_state, scaled
 
 __all__ = [
@@ -205,9 +206,8 @@ class Conv2dSame(nn.Conv2d):
         until a parameter or statistic changes (:meth:`_folded`).
 
         Under autocast only the convolutions followed by ReLU6 (stem, expansions, depthwise)
-        are folded, on the CPU as oneDNN's fused convolution (``torch.ops.mkldnn.
-        _convolution_pointwise``, the op inductor uses: bf16 input and weight, float32 bias,
-        ReLU6 as a post-op). Folding the depthwise layers too ran a 768x1024 two-pass lite0
+        are folded, on the CPU as oneDNN's fused convolution (:mod:`autoscale.models.fused`:
+        bf16 input and weight, float32 bias, ReLU6 as a post-op). Folding the depthwise layers too ran a 768x1024 two-pass lite0
         frame ~30 % faster here (the separate BatchNorm and ReLU6 passes over the widest maps
         go). The projections keep their BatchNorm: folding them too was no faster, and with
         nearest rounding it had moved a trained model's count 0.4-0.9 % from fp32
@@ -215,21 +215,19 @@ class Conv2dSame(nn.Conv2d):
         each output channel's weight sum stays as close to float32 as a faithful rounding allows
         (:func:`round_preserving_sums`)."""
         fold = not (bn.training or torch.is_grad_enabled())
-        fused, low = False, None  # oneDNN's fused convolution; the autocast dtype of the weight
+        low = None  # the autocast dtype of the folded weight
         if fold and torch.is_autocast_enabled(x.device.type):
             fold = relu6
             low = torch.get_autocast_dtype(x.device.type)
             low = low if low == torch.bfloat16 else None
-            fused = fold and _FUSED_CONV and x.device.type == "cpu" and low is not None
         if not fold:
             y = bn(self(x))
             return F.relu6(y) if relu6 else y
         weight, bias = self._folded(bn, low)
-        if fused:
+        if fused.active(x):  # folded under bf16 autocast, and oneDNN can fuse
             weight, padding = self._same_args(x, weight)
-            return torch.ops.mkldnn._convolution_pointwise(
-                x.to(torch.bfloat16), weight, bias, list(padding), list(self.stride),
-                list(self.dilation), self.groups, "hardtanh" if relu6 else "none", [0.0, 6.0] if relu6 else [], "")
+            return fused.conv(x, weight, bias, padding, self.stride, self.dilation, self.groups,
+                              "hardtanh" if relu6 else "none", [0.0, 6.0] if relu6 else [])
         y = self._same(x, weight, bias)
         return F.hardtanh_(y, 0.0, 6.0) if relu6 else y
 
@@ -239,22 +237,16 @@ class Conv2dSame(nn.Conv2d):
         it per layer and frame: the result is kept and recomputed only when a tensor it came from
         is modified or replaced (version counters and storage addresses: optimiser steps,
         ``load_state_dict``, ``.to()``)."""
-        srcs = (self.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        try:
-            key = (dtype, *((t._version, t.data_ptr()) for t in srcs))
-        except RuntimeError:  # inference tensors have no version counter: do not keep
-            key = None
-        cache = self.__dict__.get("_fold_cache")
-        if key is not None and cache is not None and cache[0] == key:
-            return cache[1], cache[2]
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        weight = self.weight * scale.reshape(-1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale
-        if dtype is not None:
-            weight, bias = round_preserving_sums(weight, dtype), bias.float()
-        if key is not None:
-            self.__dict__["_fold_cache"] = (key, weight, bias)
-        return weight, bias
+        def fold() -> tuple[torch.Tensor, torch.Tensor]:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            weight = self.weight * scale.reshape(-1, 1, 1, 1)
+            bias = bn.bias - bn.running_mean * scale
+            if dtype is not None:
+                weight, bias = round_preserving_sums(weight, dtype), bias.float()
+            return weight, bias
+
+        return fused.kept(self, "_fold_cache", (self.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var),
+                          dtype, fold)
 
 
 def round_preserving_sums(weight: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
@@ -287,13 +279,6 @@ def round_preserving_sums(weight: torch.Tensor, dtype: torch.dtype = torch.bfloa
             break
         r[rows[flip], best[flip]] = alt[rows[flip], best[flip]]
     return torch.empty_like(weight, dtype=dtype).copy_(r.reshape(weight.shape))  # weight's memory format
-
-
-#: oneDNN's fused convolution (bf16 input/weight, float32 bias, post-op) is available and this CPU
-#: can run its bf16 path (AVX512-BW/VL/DQ or AVX-NE-CONVERT; on a plain AVX2 CPU it raises)
-_FUSED_CONV = (hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-               and hasattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")
-               and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
