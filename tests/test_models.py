@@ -333,33 +333,6 @@ def test_vgg_bf16_inference_fuses_conv_relu(monkeypatch):
     assert all(torch.isfinite(t).all() for t in fp32)
 
 
-@pytest.mark.parametrize("hw", [(8, 10), (9, 13), (1, 3)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_max_pool_2x2_equals_max_pool2d(hw, channels_last):
-    """The inference pool is max_pool2d(2) exactly: floor mode on odd sides, NaN propagated,
-    bf16 and fp32, the memory format kept."""
-    from autoscale.models.fpn import _max_pool_2x2
-
-    torch.manual_seed(1)
-    x = torch.randn(2, 5, *hw)
-    x[0, 1, 0, 0] = float("nan")
-    x[1, 2] = 0.5  # ties
-    for dt in (torch.float32, torch.bfloat16):
-        y = x.to(dt)
-        if channels_last:
-            y = y.contiguous(memory_format=torch.channels_last)
-        if min(hw) < 2:  # max_pool2d's error, not an empty map
-            with pytest.raises(RuntimeError, match="too small"):
-                _max_pool_2x2(y)
-            continue
-        got, ref = _max_pool_2x2(y), torch.nn.functional.max_pool2d(y, 2)
-        assert got.shape == ref.shape and got.dtype == dt
-        assert torch.equal(torch.nan_to_num(got, nan=7.0), torch.nan_to_num(ref, nan=7.0))
-        assert torch.isnan(got).sum() == torch.isnan(ref).sum()
-        if channels_last:
-            assert got.is_contiguous(memory_format=torch.channels_last)
-
-
 def test_vgg_backbone_inference_equals_autograd_path():
     """Inference (pools by maximum) and the autograd path (nn.MaxPool2d) give the same stages."""
     from autoscale.models.fpn import VGGBackbone
