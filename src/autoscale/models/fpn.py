@@ -363,7 +363,8 @@ class VGGBackbone(nn.Module):
         """The five stage outputs. Under bf16 autocast without autograd each conv + ReLU runs as
         oneDNN's fused convolution (:mod:`autoscale.models.fused`; the weight rounded to bf16 as
         autocast rounds it, kept between frames, the bias in float32): a VGG16 two-pass frame at
-        768x1024 ~20 % faster, the separate ReLU passes over the full-resolution maps gone."""
+        768x1024 on 2 threads 0.84 -> 0.68 s, the separate ReLU passes over the full-resolution
+        maps gone."""
         fuse = fused.active(x)
         stages, ends = [], iter(self.stage_ends)
         end = next(ends)
