@@ -209,11 +209,11 @@ class Conv2dSame(nn.Conv2d):
         are folded, on the CPU as oneDNN's fused convolution (:mod:`autoscale.models.fused`:
         bf16 input and weight, float32 bias, ReLU6 as a post-op). Folding the depthwise layers
         too ran a 768x1024 two-pass lite0 frame ~30 % faster here (the separate BatchNorm and
-        ReLU6 passes over the widest maps go). The projections keep their BatchNorm: folding them too was no faster, and with
-        nearest rounding it had moved a trained model's count 0.4-0.9 % from fp32
-        (docs/benchmarks.md, "Two-pass inference"). The folded bf16 weights are rounded so that
-        each output channel's weight sum stays as close to float32 as a faithful rounding allows
-        (:func:`round_preserving_sums`)."""
+        ReLU6 passes over the widest maps go). The projections keep their BatchNorm: folding
+        them too was no faster, and with nearest rounding it had moved a trained model's count
+        0.4-0.9 % from fp32 (docs/benchmarks.md, "Two-pass inference"). The folded bf16 weights
+        are rounded so that each output channel's weight sum stays as close to float32 as a
+        faithful rounding allows (:func:`round_preserving_sums`)."""
         fold = not (bn.training or torch.is_grad_enabled())
         low = None  # the autocast dtype of the folded weight
         if fold and torch.is_autocast_enabled(x.device.type):
